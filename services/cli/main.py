@@ -1,0 +1,140 @@
+"""The `forge` command: serve one service, bring the mesh up, inspect SKU plans."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from services.common.config import ConfigError, SkuProfile, load_profile, load_profiles
+from services.common.server import ServerOptions, configure_logging, run_service
+from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
+
+# Services `forge up` starts, in start order; later issues add llm, guardrails and router.
+MESH_SERVICES = ("embed",)
+
+
+def _profile_or_exit(name: str) -> SkuProfile:
+    try:
+        return load_profile(name)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--profile", envvar="FORGE_PROFILE", default="cpu", show_default=True,
+              help="SKU profile from deploy/sku_profiles.yaml (env FORGE_PROFILE).")
+@click.option("--home", envvar="FORGE_HOME", type=click.Path(path_type=Path), default=None,
+              help="Model caches and Milvus Lite data (env FORGE_HOME, default ~/.forge).")
+@click.option("--log-level", envvar="FORGE_LOG_LEVEL", default="INFO", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, profile: str, home: Path | None, log_level: str) -> None:
+    """Forge: an async gRPC inference mesh for one-GPU edge appliances."""
+    configure_logging(log_level.upper())
+    settings = ForgeSettings(profile=profile, log_level=log_level,
+                             **({"home": home} if home is not None else {}))
+    ctx.obj = settings
+
+
+def _serve_options(service: str):  # type: ignore[no-untyped-def]
+    def decorate(f):  # type: ignore[no-untyped-def]
+        f = click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
+                         help="Seconds in-flight calls get to finish on SIGTERM.")(f)
+        f = click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORTS[service],
+                         show_default=True, help="Prometheus /metrics port (0 = any free port, -1 = off).")(f)
+        f = click.option("--port", type=int, default=DEFAULT_GRPC_PORTS[service], show_default=True,
+                         help="gRPC port (0 = any free port).")(f)
+        f = click.option("--host", default="127.0.0.1", show_default=True)(f)
+        return f
+
+    return decorate
+
+
+@cli.group()
+def serve() -> None:
+    """Run one service in this process."""
+
+
+@serve.command("embed")
+@_serve_options("embed")
+@click.pass_obj
+def serve_embed(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
+    """Embeddings (sentence-transformers, micro-batched). Env FORGE_EMBED_* tunes it."""
+    from pydantic import ValidationError
+
+    from services.embed.app import EmbedApp
+    from services.embed.settings import EmbedSettings
+
+    profile = _profile_or_exit(settings.profile)
+    settings.home_dir()
+    try:
+        embed_settings = EmbedSettings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid FORGE_EMBED_* settings:\n{exc}") from exc
+    options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port,
+                            drain_grace_s=grace_s)
+    sys.exit(asyncio.run(run_service(EmbedApp(profile, embed_settings), profile, options)))
+
+
+@cli.command()
+@click.option("--sku", default=None, help="Profile to show (default: the --profile in use).")
+@click.option("--all", "show_all", is_flag=True, help="Validate and show every profile.")
+@click.pass_obj
+def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
+    """Print and validate a SKU's GPU slice plan in bytes."""
+    from services.cli.plan import render_plan
+
+    if show_all:
+        try:
+            profiles = load_profiles()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo("\n\n".join(render_plan(p) for p in profiles.values()))
+        return
+    click.echo(render_plan(_profile_or_exit(sku or settings.profile)))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--start-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds a service may take to report SERVING.")
+@click.pass_obj
+def up(settings: ForgeSettings, host: str, start_timeout: float) -> None:
+    """Start the mesh: every service as its own process on loopback, health-gated, restarted on
+    crash; Ctrl-C stops them all cleanly."""
+    from services.cli.supervisor import ChildSpec, Supervisor, child_env
+
+    _profile_or_exit(settings.profile)
+    home = settings.home_dir()
+    specs = [ChildSpec(s, host, DEFAULT_GRPC_PORTS[s], DEFAULT_METRICS_PORTS[s]) for s in MESH_SERVICES]
+    supervisor = Supervisor(specs, child_env(settings.profile, str(home)), start_timeout_s=start_timeout)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, supervisor.request_stop)
+        ready = asyncio.Event()
+        runner = asyncio.create_task(supervisor.run(ready))
+        ready_wait = asyncio.create_task(ready.wait())
+        await asyncio.wait({runner, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
+            for spec in specs:
+                click.echo(f"  {spec.service:<11} grpc {host}:{spec.port}   "
+                           f"metrics http://{host}:{spec.metrics_port}/metrics")
+            click.echo("Ctrl-C stops the mesh.")
+        await runner
+        ready_wait.cancel()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    click.echo("Forge stopped.")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="forge")

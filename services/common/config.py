@@ -1,0 +1,206 @@
+"""SKU profiles: the GPU memory plan and session limits of one appliance model.
+
+Loaded from `deploy/sku_profiles.yaml` (or `FORGE_SKU_PROFILES`), overridden field by field from
+`FORGE_PROFILE__<FIELD>[__<SUBFIELD>]` environment variables, and validated as a whole: every
+service checks the complete plan at start, so the outcome never depends on start order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+GIB = 1024**3
+SERVICES_WITH_SLICES = ("llm", "embed", "guardrails", "milvus")
+ENV_OVERRIDE_PREFIX = "FORGE_PROFILE__"
+PROFILES_FILE_ENV = "FORGE_SKU_PROFILES"
+# MPS needs Volta (compute capability 7.0) or newer and is not available on Jetson.
+MPS_MIN_COMPUTE_CAPABILITY = 7.0
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A profile file or override that cannot be used; the message says which field and why."""
+
+
+class Isolation(StrEnum):
+    NONE = "none"
+    SOFTWARE = "software"
+    MPS = "mps"
+    TIME_SLICING = "time_slicing"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSpec(_Strict):
+    name: str
+    memory_gib: Annotated[float, Field(ge=0)]
+    unified_memory: bool = False
+    compute_capability: str | None = None
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.memory_gib > 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
+
+
+class Slices(_Strict):
+    llm: Fraction = 0.0
+    embed: Fraction = 0.0
+    guardrails: Fraction = 0.0
+    milvus: Fraction = 0.0
+
+    def of(self, service: str) -> float:
+        if service not in SERVICES_WITH_SLICES:
+            return 0.0  # the router and tools never hold GPU memory
+        return float(getattr(self, service))
+
+
+class QueueConfig(_Strict):
+    enabled: bool = False
+    max_depth: Annotated[int, Field(ge=1)] = 32
+    max_wait_interactive_s: Annotated[float, Field(gt=0)] = 5.0
+    max_wait_batch_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class AdmissionConfig(_Strict):
+    max_sessions: Annotated[int, Field(ge=1)]
+    # 0 = no per-tenant cap.
+    max_sessions_per_tenant: Annotated[int, Field(ge=0)] = 0
+    queue: QueueConfig = QueueConfig()
+
+
+class SkuProfile(_Strict):
+    name: str = ""
+    description: str = ""
+    device: DeviceSpec
+    isolation: Isolation = Isolation.SOFTWARE
+    milvus: Literal["cpu", "gpu"] = "cpu"
+    llm_engine: Literal["vllm", "llama_cpp"] = "vllm"
+    buffer: Fraction = 0.0
+    slices: Slices
+    admission: AdmissionConfig
+
+    @model_validator(mode="after")
+    def _plan_is_consistent(self) -> SkuProfile:
+        total = sum(self.slices.of(s) for s in SERVICES_WITH_SLICES) + self.buffer
+        if total > 1.0 + 1e-9:
+            parts = " + ".join(f"{s} {self.slices.of(s):.2f}" for s in SERVICES_WITH_SLICES)
+            raise ValueError(f"slices + buffer must be <= 1.0, got {parts} + buffer {self.buffer:.2f} = {total:.2f}")
+        if not self.device.has_gpu and any(self.slices.of(s) > 0 for s in SERVICES_WITH_SLICES):
+            raise ValueError("device.memory_gib is 0 (no GPU), so every slice must be 0")
+        if self.milvus == "gpu" and self.slices.milvus == 0:
+            raise ValueError("milvus: gpu needs slices.milvus > 0")
+        if self.isolation == Isolation.MPS:
+            if self.device.unified_memory:
+                raise ValueError("isolation: mps is not available on unified-memory (Jetson) devices")
+            cc = self.device.compute_capability
+            if cc is None or float(cc) < MPS_MIN_COMPUTE_CAPABILITY:
+                raise ValueError(
+                    f"isolation: mps needs compute capability >= {MPS_MIN_COMPUTE_CAPABILITY}, "
+                    f"device.compute_capability is {cc}"
+                )
+        return self
+
+    def slice_bytes(self, service: str) -> int:
+        return int(self.slices.of(service) * self.device.memory_bytes)
+
+
+class ProfilesFile(_Strict):
+    version: Literal[1]
+    profiles: dict[str, SkuProfile]
+
+
+def default_profiles_path() -> Path:
+    """`FORGE_SKU_PROFILES`, else the copy packaged in the wheel, else the repo's deploy/ file."""
+    if env_path := os.environ.get(PROFILES_FILE_ENV):
+        return Path(env_path)
+    packaged = resources.files("services.common") / "data" / "sku_profiles.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "deploy" / "sku_profiles.yaml"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {where}: {problem['msg']}{shown}")
+    return f"invalid SKU profiles in {source}:\n" + "\n".join(lines)
+
+
+def _apply_env_overrides(profile: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """FORGE_PROFILE__SLICES__LLM=0.8 sets profile["slices"]["llm"] = 0.8 (values parsed as YAML)."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in profile.items()}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_OVERRIDE_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_OVERRIDE_PREFIX) :].split("__") if part]
+        if not path:
+            raise ConfigError(f"{key}: names no profile field")
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from exc
+    return merged
+
+
+def load_profiles(path: Path | None = None) -> dict[str, SkuProfile]:
+    """Every profile in the file, validated; a bad one anywhere is an error."""
+    source = path or default_profiles_path()
+    raw = _read_yaml(source)
+    try:
+        parsed = ProfilesFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(source))) from exc
+    return {name: p.model_copy(update={"name": name}) for name, p in parsed.profiles.items()}
+
+
+def load_profile(
+    name: str, path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> SkuProfile:
+    """The named profile with environment overrides applied, validated after the overrides."""
+    source = path or default_profiles_path()
+    load_profiles(source)  # the whole file must be sound, not only the chosen profile
+    raw = _read_yaml(source)
+    profiles = raw.get("profiles") or {}
+    if name not in profiles:
+        raise ConfigError(f"unknown SKU profile {name!r} in {source}; known: {', '.join(sorted(profiles))}")
+    overridden = _apply_env_overrides(profiles[name], os.environ if environ is None else environ)
+    try:
+        return SkuProfile.model_validate({**overridden, "name": name})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, f"{source} [{name}] with environment overrides")) from exc
+
+
+def _read_yaml(source: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(source.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read SKU profiles {source}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"SKU profiles {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"SKU profiles {source} must be a mapping with 'version' and 'profiles'")
+    return data

@@ -1,0 +1,205 @@
+"""Bootstrap of a Forge gRPC service: one `grpc.aio` server with reflection, grpc.health.v1,
+OpsService, error-mapping / metrics / tracing interceptors, a Prometheus `/metrics` port, and a
+graceful drain on SIGTERM or SIGINT.
+
+Lifecycle: bind and start NOT_SERVING -> `app.load()` (models) -> SERVING -> on signal:
+NOT_SERVING, stop accepting, let in-flight calls finish within the grace period -> `app.close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Protocol
+
+from forge.v1 import ops_pb2, ops_pb2_grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
+
+from services.common import telemetry
+from services.common.config import SkuProfile
+from services.common.gpu_metrics import GpuMemoryCollector
+from services.common.interceptors import ErrorMappingInterceptor, MetricsInterceptor
+from services.common.metrics import MetricsEndpoint, serve_metrics
+from services.common.ops import OpsServicer
+
+log = logging.getLogger(__name__)
+
+OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
+# Generous but bounded: large gRPC messages are refused by the transport, not by a crash.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class ServiceApp(Protocol):
+    """What a Forge service plugs into the server kit. The domain logic lives behind it."""
+
+    name: str
+
+    @property
+    def grpc_service_names(self) -> Sequence[str]: ...
+
+    def register(self, server: aio.Server) -> None:
+        """Add the service's servicers to the server."""
+
+    async def load(self) -> None:
+        """Heavy start-up (models). The service reports SERVING only once this returns."""
+
+    async def close(self) -> None:
+        """Release what load() took, after in-flight calls have drained."""
+
+    def settings_summary(self) -> Mapping[str, str]:
+        """Settings worth showing an operator (OpsService.GetInfo)."""
+
+    def compute_device(self) -> str:
+        """Where the service computes: "cpu", "cuda:0", ..."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    # None: no /metrics endpoint (in-process tests); 0: any free port.
+    metrics_port: int | None = None
+    drain_grace_s: float = 10.0
+
+
+def forge_version() -> str:
+    try:
+        return metadata.version("forge-mesh")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+_gpu_collector_registered = False
+
+
+def _register_gpu_collector(app: ServiceApp, profile: SkuProfile) -> None:
+    global _gpu_collector_registered
+    if not _gpu_collector_registered:  # one per process: Prometheus refuses duplicate series
+        REGISTRY.register(GpuMemoryCollector(app.name, profile.slices.of(app.name), app.compute_device))
+        _gpu_collector_registered = True
+
+
+class ForgeServer:
+    def __init__(self, app: ServiceApp, profile: SkuProfile, options: ServerOptions) -> None:
+        self.app = app
+        self.profile = profile
+        self.options = options
+        self.port = 0
+        self.metrics: MetricsEndpoint | None = None
+        self._health = health.aio.HealthServicer()
+        self._server: aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.options.host}:{self.port}"
+
+    async def start(self) -> None:
+        telemetry.configure_tracing(self.app.name)
+        server = aio.server(
+            interceptors=[telemetry.server_interceptor(), MetricsInterceptor(), ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.app.register(server)
+        ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(
+            service=self.app.name,
+            version=forge_version(),
+            profile=self.profile.name,
+            isolation=self.profile.isolation.value,
+            slice_fraction=self.profile.slices.of(self.app.name),
+            compute_device=self.app.compute_device,
+            settings=self.app.settings_summary,
+        ), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [*self.app.grpc_service_names, OPS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.options.host}:{self.options.port}")
+        await self._set_serving(False)
+        await server.start()
+        self._server = server
+        if self.options.metrics_port is not None:
+            _register_gpu_collector(self.app, self.profile)
+            self.metrics = serve_metrics(self.options.host, self.options.metrics_port)
+        log.info("%s listening on %s", self.app.name, self.address)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.app.grpc_service_names):
+            await self._health.set(name, status)
+
+    async def load_and_serve(self) -> None:
+        await self.app.load()
+        await self._set_serving(True)
+        log.info("%s serving", self.app.name)
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING for every service, refuse new calls, finish in-flight ones within the
+        grace period, then release the app."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.options.drain_grace_s)
+        await self.app.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        telemetry.shutdown_tracing()
+        log.info("%s stopped", self.app.name)
+
+
+def announce(event: str, **fields: object) -> None:
+    """One JSON line on stdout per lifecycle event, for supervisors (`forge up`) and tests."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def run_service(app: ServiceApp, profile: SkuProfile, options: ServerOptions) -> int:
+    """Serve until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    server = ForgeServer(app, profile, options)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    announce("listening", service=app.name, address=server.address, port=server.port,
+             metrics_port=server.metrics.port if server.metrics else None)
+    loading = asyncio.create_task(server.load_and_serve())
+    stopping = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if loading.done() and loading.exception() is not None:
+        log.error("%s failed to load: %s", app.name, loading.exception(), exc_info=loading.exception())
+        exit_code = 1
+    elif loading.done():
+        announce("serving", service=app.name, port=server.port)
+        await stopping
+    else:
+        loading.cancel()
+    announce("draining", service=app.name)
+    await server.stop()
+    announce("stopped", service=app.name, exit_code=exit_code)
+    return exit_code
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # gRPC's own status logs are noise next to ours.
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+

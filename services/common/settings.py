@@ -1,0 +1,26 @@
+"""Process-wide settings shared by every Forge command: FORGE_HOME, the SKU profile, ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Local defaults (DESIGN.md): gRPC port and Prometheus port per service.
+DEFAULT_GRPC_PORTS = {"router": 50051, "llm": 50052, "embed": 50053, "guardrails": 50054}
+DEFAULT_METRICS_PORTS = {"router": 9101, "llm": 9102, "embed": 9103, "guardrails": 9104}
+
+
+class ForgeSettings(BaseSettings):
+    """FORGE_HOME (model caches, Milvus Lite data), FORGE_PROFILE (SKU profile, default cpu)."""
+
+    model_config = SettingsConfigDict(env_prefix="FORGE_", extra="ignore")
+
+    home: Path = Path("~/.forge")
+    profile: str = "cpu"
+    log_level: str = "INFO"
+
+    def home_dir(self) -> Path:
+        path = self.home.expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path

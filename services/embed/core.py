@@ -1,0 +1,72 @@
+"""The embeddings service's domain core: validate a request, batch it, shape the result.
+
+Nothing here knows about gRPC; the servicer only converts messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.embed import metrics
+from services.embed.batcher import MicroBatcher, Vectors
+from services.embed.model import EmbedKind, SentenceEncoder
+from services.embed.settings import EmbedSettings
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: Vectors
+    dimension: int
+    model: str
+
+
+def validate_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
+    if not texts:
+        raise InvalidArgument("texts", f"must hold 1 to {max_texts} texts, got none")
+    if len(texts) > max_texts:
+        raise InvalidArgument("texts", f"must hold at most {max_texts} texts, got {len(texts)}")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidArgument(f"texts[{i}]", "must not be empty or only whitespace")
+        if len(text) > max_chars:
+            raise InvalidArgument(f"texts[{i}]", f"must be at most {max_chars} characters, got {len(text)}")
+
+
+def l2_normalize(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class Embedder:
+    def __init__(self, settings: EmbedSettings) -> None:
+        self.settings = settings
+        self.encoder: SentenceEncoder | None = None
+        self._batcher: MicroBatcher[EmbedKind] | None = None
+
+    def attach(self, encoder: SentenceEncoder) -> None:
+        """Start serving with a loaded model."""
+        self.encoder = encoder
+        self._batcher = MicroBatcher(
+            run_batch=encoder.encode,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_wait_ms / 1000,
+            max_queued_texts=self.settings.max_queued_texts,
+        )
+        self._batcher.start()
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+
+    async def embed(self, texts: list[str], kind: EmbedKind, normalize: bool) -> EmbedResult:
+        validate_texts(texts, self.settings.max_texts_per_request, self.settings.max_chars_per_text)
+        if self.encoder is None or self._batcher is None:
+            raise Unavailable("embed model", "still loading; retry shortly")
+        vectors = await self._batcher.submit(kind, texts)
+        metrics.TEXTS.labels(kind.value).inc(len(texts))
+        if normalize:
+            vectors = l2_normalize(vectors)
+        return EmbedResult(vectors=vectors, dimension=self.encoder.dimension, model=self.encoder.name)
