@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -27,28 +28,58 @@ def _profile_or_exit(name: str) -> SkuProfile:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--profile", envvar="FORGE_PROFILE", default="cpu", show_default=True,
-              help="SKU profile from deploy/sku_profiles.yaml (env FORGE_PROFILE).")
-@click.option("--home", envvar="FORGE_HOME", type=click.Path(path_type=Path), default=None,
-              help="Model caches and Milvus Lite data (env FORGE_HOME, default ~/.forge).")
+@click.option(
+    "--profile",
+    envvar="FORGE_PROFILE",
+    default="cpu",
+    show_default=True,
+    help="SKU profile from deploy/sku_profiles.yaml (env FORGE_PROFILE).",
+)
+@click.option(
+    "--home",
+    envvar="FORGE_HOME",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model caches and Milvus Lite data (env FORGE_HOME, default ~/.forge).",
+)
 @click.option("--log-level", envvar="FORGE_LOG_LEVEL", default="INFO", show_default=True)
 @click.pass_context
 def cli(ctx: click.Context, profile: str, home: Path | None, log_level: str) -> None:
     """Forge: an async gRPC inference mesh for one-GPU edge appliances."""
     configure_logging(log_level.upper())
-    settings = ForgeSettings(profile=profile, log_level=log_level,
-                             **({"home": home} if home is not None else {}))
+    settings = ForgeSettings(
+        profile=profile, log_level=log_level, **({"home": home} if home is not None else {})
+    )
     ctx.obj = settings
 
 
-def _serve_options(service: str):  # type: ignore[no-untyped-def]
-    def decorate(f):  # type: ignore[no-untyped-def]
-        f = click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
-                         help="Seconds in-flight calls get to finish on SIGTERM.")(f)
-        f = click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORTS[service],
-                         show_default=True, help="Prometheus /metrics port (0 = any free port, -1 = off).")(f)
-        f = click.option("--port", type=int, default=DEFAULT_GRPC_PORTS[service], show_default=True,
-                         help="gRPC port (0 = any free port).")(f)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serve_options(service: str) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--grace",
+            "grace_s",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Seconds in-flight calls get to finish on SIGTERM.",
+        )(f)
+        f = click.option(
+            "--metrics-port",
+            type=int,
+            default=DEFAULT_METRICS_PORTS[service],
+            show_default=True,
+            help="Prometheus /metrics port (0 = any free port, -1 = off).",
+        )(f)
+        f = click.option(
+            "--port",
+            type=int,
+            default=DEFAULT_GRPC_PORTS[service],
+            show_default=True,
+            help="gRPC port (0 = any free port).",
+        )(f)
         f = click.option("--host", default="127.0.0.1", show_default=True)(f)
         return f
 
@@ -76,8 +107,9 @@ def serve_embed(settings: ForgeSettings, host: str, port: int, metrics_port: int
         embed_settings = EmbedSettings()
     except ValidationError as exc:
         raise click.ClickException(f"invalid FORGE_EMBED_* settings:\n{exc}") from exc
-    options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port,
-                            drain_grace_s=grace_s)
+    options = ServerOptions(
+        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    )
     sys.exit(asyncio.run(run_service(EmbedApp(profile, embed_settings), profile, options)))
 
 
@@ -101,17 +133,32 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--start-timeout", type=float, default=300.0, show_default=True,
-              help="Seconds a service may take to report SERVING.")
+@click.option(
+    "--port-offset",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Added to every default port, to run a second mesh beside the first.",
+)
+@click.option(
+    "--start-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a service may take to report SERVING.",
+)
 @click.pass_obj
-def up(settings: ForgeSettings, host: str, start_timeout: float) -> None:
+def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: float) -> None:
     """Start the mesh: every service as its own process on loopback, health-gated, restarted on
     crash; Ctrl-C stops them all cleanly."""
     from services.cli.supervisor import ChildSpec, Supervisor, child_env
 
     _profile_or_exit(settings.profile)
     home = settings.home_dir()
-    specs = [ChildSpec(s, host, DEFAULT_GRPC_PORTS[s], DEFAULT_METRICS_PORTS[s]) for s in MESH_SERVICES]
+    specs = [
+        ChildSpec(s, host, DEFAULT_GRPC_PORTS[s] + port_offset, DEFAULT_METRICS_PORTS[s] + port_offset)
+        for s in MESH_SERVICES
+    ]
     supervisor = Supervisor(specs, child_env(settings.profile, str(home)), start_timeout_s=start_timeout)
 
     async def main() -> None:
@@ -125,8 +172,10 @@ def up(settings: ForgeSettings, host: str, start_timeout: float) -> None:
         if ready.is_set():
             click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
             for spec in specs:
-                click.echo(f"  {spec.service:<11} grpc {host}:{spec.port}   "
-                           f"metrics http://{host}:{spec.metrics_port}/metrics")
+                click.echo(
+                    f"  {spec.service:<11} grpc {host}:{spec.port}   "
+                    f"metrics http://{host}:{spec.metrics_port}/metrics"
+                )
             click.echo("Ctrl-C stops the mesh.")
         await runner
         ready_wait.cancel()

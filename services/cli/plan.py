@@ -19,8 +19,11 @@ def render_plan(profile: SkuProfile) -> str:
         f"isolation    {profile.isolation.value}",
         f"llm engine   {profile.llm_engine}    milvus on {profile.milvus}",
         f"sessions     max {profile.admission.max_sessions}"
-        + (f", queue up to {profile.admission.queue.max_depth}" if profile.admission.queue.enabled else
-           ", no queue (reject at the limit)"),
+        + (
+            f", queue up to {profile.admission.queue.max_depth}"
+            if profile.admission.queue.enabled
+            else ", no queue (reject at the limit)"
+        ),
         "",
         f"{'slice':<12}{'fraction':>9}  {'bytes':>14}  {'':>12}  where",
     ]
@@ -29,8 +32,10 @@ def render_plan(profile: SkuProfile) -> str:
         fraction = profile.slices.of(service)
         total += fraction
         where = "GPU" if fraction > 0 else "CPU"
-        lines.append(f"{service:<12}{fraction:>9.2f}  {profile.slice_bytes(service):>14}  "
-                     f"{_gib(profile.slice_bytes(service))}  {where}")
+        lines.append(
+            f"{service:<12}{fraction:>9.2f}  {profile.slice_bytes(service):>14}  "
+            f"{_gib(profile.slice_bytes(service))}  {where}"
+        )
     buffer_bytes = int(profile.buffer * dev.memory_bytes)
     lines.append(f"{'buffer':<12}{profile.buffer:>9.2f}  {buffer_bytes:>14}  {_gib(buffer_bytes)}")
     total += profile.buffer

@@ -30,8 +30,17 @@ class ChildSpec:
     metrics_port: int
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", f"services.{self.service}", "--host", self.host,
-                "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        return [
+            sys.executable,
+            "-m",
+            f"services.{self.service}",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
 
 
 @dataclass
@@ -51,22 +60,30 @@ async def wait_serving(address: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                call = stub.Watch(health_pb2.HealthCheckRequest(service=""),
-                                  timeout=max(0.1, deadline - time.monotonic()))
+                call = stub.Watch(
+                    health_pb2.HealthCheckRequest(service=""), timeout=max(0.1, deadline - time.monotonic())
+                )
                 async for reply in call:
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
             except aio.AioRpcError as err:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f}s ({err.code().name})") from err
+                    raise TimeoutError(
+                        f"{address} not SERVING after {timeout_s:.0f}s ({err.code().name})"
+                    ) from err
                 # Not listening yet: wait for the channel to connect instead of spinning.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(channel.channel_ready(), max(0.1, deadline - time.monotonic()))
 
 
 class Supervisor:
-    def __init__(self, specs: list[ChildSpec], env: dict[str, str], start_timeout_s: float = 300.0,
-                 stop_grace_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        env: dict[str, str],
+        start_timeout_s: float = 300.0,
+        stop_grace_s: float = 15.0,
+    ) -> None:
         self.children = [Child(spec) for spec in specs]
         self.env = env
         self.start_timeout_s = start_timeout_s
@@ -79,7 +96,9 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         child.serving.clear()
         child.process = await asyncio.create_subprocess_exec(
-            *child.spec.command(), env=self.env, stdout=asyncio.subprocess.DEVNULL,
+            *child.spec.command(),
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
         )
         child.started_at = time.monotonic()
@@ -106,8 +125,13 @@ class Supervisor:
             ran_s = time.monotonic() - child.started_at
             child.backoff_s = 1.0 if ran_s > STABLE_RUN_S else min(MAX_BACKOFF_S, child.backoff_s * 2)
             child.restarts += 1
-            log.warning("%s exited with code %s after %.0fs; restarting in %.0fs",
-                        child.spec.service, child.process.returncode, ran_s, child.backoff_s)
+            log.warning(
+                "%s exited with code %s after %.0fs; restarting in %.0fs",
+                child.spec.service,
+                child.process.returncode,
+                ran_s,
+                child.backoff_s,
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), child.backoff_s)
 

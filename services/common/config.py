@@ -99,7 +99,9 @@ class SkuProfile(_Strict):
         total = sum(self.slices.of(s) for s in SERVICES_WITH_SLICES) + self.buffer
         if total > 1.0 + 1e-9:
             parts = " + ".join(f"{s} {self.slices.of(s):.2f}" for s in SERVICES_WITH_SLICES)
-            raise ValueError(f"slices + buffer must be <= 1.0, got {parts} + buffer {self.buffer:.2f} = {total:.2f}")
+            raise ValueError(
+                f"slices + buffer must be <= 1.0, got {parts} + buffer {self.buffer:.2f} = {total:.2f}"
+            )
         if not self.device.has_gpu and any(self.slices.of(s) > 0 for s in SERVICES_WITH_SLICES):
             raise ValueError("device.memory_gib is 0 (no GPU), so every slice must be 0")
         if self.milvus == "gpu" and self.slices.milvus == 0:
@@ -177,9 +179,7 @@ def load_profiles(path: Path | None = None) -> dict[str, SkuProfile]:
     return {name: p.model_copy(update={"name": name}) for name, p in parsed.profiles.items()}
 
 
-def load_profile(
-    name: str, path: Path | None = None, environ: Mapping[str, str] | None = None
-) -> SkuProfile:
+def load_profile(name: str, path: Path | None = None, environ: Mapping[str, str] | None = None) -> SkuProfile:
     """The named profile with environment overrides applied, validated after the overrides."""
     source = path or default_profiles_path()
     load_profiles(source)  # the whole file must be sound, not only the chosen profile
@@ -191,7 +191,9 @@ def load_profile(
     try:
         return SkuProfile.model_validate({**overridden, "name": name})
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, f"{source} [{name}] with environment overrides")) from exc
+        raise ConfigError(
+            _format_validation_error(exc, f"{source} [{name}] with environment overrides")
+        ) from exc
 
 
 def _read_yaml(source: Path) -> dict[str, Any]:

@@ -164,8 +164,9 @@ class SliceUsage:
         return self.used_bytes > self.slice_bytes
 
 
-def slice_usage(service: str, slice_fraction: float, device: str, snapshot: GpuSnapshot,
-                pid: int | None = None) -> SliceUsage:
+def slice_usage(
+    service: str, slice_fraction: float, device: str, snapshot: GpuSnapshot, pid: int | None = None
+) -> SliceUsage:
     pid = os.getpid() if pid is None else pid
     slice_bytes = int(slice_fraction * snapshot.total_bytes()) if snapshot.available else 0
     return SliceUsage(service, pid, slice_fraction, slice_bytes, snapshot.used_by_pid(pid), device)

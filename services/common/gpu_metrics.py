@@ -29,20 +29,23 @@ class GpuMemoryCollector(Collector):
         used.add_metric([self._service], usage.used_bytes)
         yield used
         slice_bytes = GaugeMetricFamily(
-            "forge_gpu_memory_slice_bytes", "GPU memory this service may use per its SKU profile.",
+            "forge_gpu_memory_slice_bytes",
+            "GPU memory this service may use per its SKU profile.",
             labels=["service"],
         )
         slice_bytes.add_metric([self._service], usage.slice_bytes)
         yield slice_bytes
         over = GaugeMetricFamily(
-            "forge_gpu_memory_over_slice", "1 when this service holds more GPU memory than its slice.",
+            "forge_gpu_memory_over_slice",
+            "1 when this service holds more GPU memory than its slice.",
             labels=["service"],
         )
         over.add_metric([self._service], 1.0 if usage.over_slice else 0.0)
         yield over
         total = GaugeMetricFamily("forge_gpu_device_memory_total_bytes", "Device memory.", labels=["gpu"])
-        dev_used = GaugeMetricFamily("forge_gpu_device_memory_used_bytes", "Device memory in use (all processes).",
-                                     labels=["gpu"])
+        dev_used = GaugeMetricFamily(
+            "forge_gpu_device_memory_used_bytes", "Device memory in use (all processes).", labels=["gpu"]
+        )
         for dev in snapshot.devices:
             total.add_metric([str(dev.index)], dev.total_bytes)
             dev_used.add_metric([str(dev.index)], dev.used_bytes)

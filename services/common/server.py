@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 from services.common import telemetry
 from services.common.config import SkuProfile
 from services.common.gpu_metrics import GpuMemoryCollector
-from services.common.interceptors import ErrorMappingInterceptor, MetricsInterceptor
+from services.common.interceptors import DrainInterceptor, ErrorMappingInterceptor, MetricsInterceptor
 from services.common.metrics import MetricsEndpoint, serve_metrics
 from services.common.ops import OpsServicer
 
@@ -98,6 +98,7 @@ class ForgeServer:
         self._health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
+        self._drain = DrainInterceptor()
 
     @property
     def address(self) -> str:
@@ -106,7 +107,12 @@ class ForgeServer:
     async def start(self) -> None:
         telemetry.configure_tracing(self.app.name)
         server = aio.server(
-            interceptors=[telemetry.server_interceptor(), MetricsInterceptor(), ErrorMappingInterceptor()],
+            interceptors=[
+                telemetry.server_interceptor(),
+                MetricsInterceptor(),
+                self._drain,
+                ErrorMappingInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -114,15 +120,18 @@ class ForgeServer:
             ],
         )
         self.app.register(server)
-        ops_pb2_grpc.add_OpsServiceServicer_to_server(OpsServicer(
-            service=self.app.name,
-            version=forge_version(),
-            profile=self.profile.name,
-            isolation=self.profile.isolation.value,
-            slice_fraction=self.profile.slices.of(self.app.name),
-            compute_device=self.app.compute_device,
-            settings=self.app.settings_summary,
-        ), server)
+        ops_pb2_grpc.add_OpsServiceServicer_to_server(
+            OpsServicer(
+                service=self.app.name,
+                version=forge_version(),
+                profile=self.profile.name,
+                isolation=self.profile.isolation.value,
+                slice_fraction=self.profile.slices.of(self.app.name),
+                compute_device=self.app.compute_device,
+                settings=self.app.settings_summary,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [*self.app.grpc_service_names, OPS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
@@ -138,7 +147,9 @@ class ForgeServer:
         log.info("%s listening on %s", self.app.name, self.address)
 
     async def _set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.app.grpc_service_names):
             await self._health.set(name, status)
 
@@ -148,14 +159,21 @@ class ForgeServer:
         log.info("%s serving", self.app.name)
 
     async def stop(self) -> None:
-        """Drain: NOT_SERVING for every service, refuse new calls, finish in-flight ones within the
-        grace period, then release the app."""
+        """Drain: NOT_SERVING for every service, refuse new calls, let in-flight ones finish
+        within the grace period, then close the server and release the app."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         await self._health.enter_graceful_shutdown()
+        self._drain.draining = True
+        if not await self._drain.wait_idle(self.options.drain_grace_s):
+            log.warning(
+                "%d call(s) still running after %.0fs grace; cancelling them",
+                self._drain.inflight,
+                self.options.drain_grace_s,
+            )
         if self._server is not None:
-            await self._server.stop(self.options.drain_grace_s)
+            await self._server.stop(0.5)  # flush responses of calls that just finished
         await self.app.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -176,8 +194,13 @@ async def run_service(app: ServiceApp, profile: SkuProfile, options: ServerOptio
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     await server.start()
-    announce("listening", service=app.name, address=server.address, port=server.port,
-             metrics_port=server.metrics.port if server.metrics else None)
+    announce(
+        "listening",
+        service=app.name,
+        address=server.address,
+        port=server.port,
+        metrics_port=server.metrics.port if server.metrics else None,
+    )
     loading = asyncio.create_task(server.load_and_serve())
     stopping = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,4 +225,3 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # gRPC's own status logs are noise next to ours.
     logging.getLogger("grpc").setLevel(logging.WARNING)
-

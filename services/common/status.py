@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -31,7 +32,7 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
 def status_for(error: ForgeError) -> grpc.Status:
     """The status (code, message and packed details) that a domain error becomes on the wire."""
     message = str(error)
-    details: list[object] = []
+    details: list[Message] = []
     code: int
     if isinstance(error, InvalidArgument):
         code = code_pb2.INVALID_ARGUMENT
@@ -51,7 +52,9 @@ def status_for(error: ForgeError) -> grpc.Status:
         details.append(_retry_info(error.retry_after_s))
         details.append(
             error_details_pb2.ErrorInfo(
-                reason="DEPENDENCY_UNAVAILABLE", domain=ERROR_DOMAIN, metadata={"dependency": error.dependency}
+                reason="DEPENDENCY_UNAVAILABLE",
+                domain=ERROR_DOMAIN,
+                metadata={"dependency": error.dependency},
             )
         )
     elif isinstance(error, DeadlineExceeded):
@@ -62,7 +65,7 @@ def status_for(error: ForgeError) -> grpc.Status:
         code = code_pb2.INTERNAL
     status = status_pb2.Status(code=code, message=message)
     for detail in details:
-        status.details.add().Pack(detail)  # type: ignore[arg-type]
+        status.details.add().Pack(detail)
     return rpc_status.to_status(status)  # type: ignore[no-any-return]
 
 

@@ -53,11 +53,11 @@ def configure_tracing(service: str) -> None:
 
 
 def server_interceptor() -> aio.ServerInterceptor:
-    return aio_server_interceptor(filter_=_TRACED)  # type: ignore[no-any-return]
+    return aio_server_interceptor(filter_=_TRACED)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def client_interceptors() -> list[aio.ClientInterceptor]:
-    return aio_client_interceptors(filter_=_TRACED)  # type: ignore[no-any-return]
+    return aio_client_interceptors(filter_=_TRACED)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def shutdown_tracing() -> None:

@@ -37,7 +37,8 @@ def validate_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
 
 def l2_normalize(vectors: Vectors) -> Vectors:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalized: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalized
 
 
 class Embedder:

@@ -80,7 +80,7 @@ class SentenceEncoder:
         path = model_path or packaged_model_path()
         name = PACKAGED_MODEL_NAME if model_path is None else path.name
         model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        dimension = int(model.get_embedding_dimension())
+        dimension = int(model.get_embedding_dimension() or 0)
         log.info("loaded %s (%d dims) on %s", name, dimension, device)
         return cls(model=model, name=name, dimension=dimension, device=device)
 

@@ -25,7 +25,9 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
     ) -> embed_pb2.EmbedResponse:
         kind = _KINDS.get(request.kind)
         if kind is None:
-            raise InvalidArgument("kind", f"must be EMBED_KIND_QUERY or EMBED_KIND_DOCUMENT, got {request.kind}")
+            raise InvalidArgument(
+                "kind", f"must be EMBED_KIND_QUERY or EMBED_KIND_DOCUMENT, got {request.kind}"
+            )
         normalize = request.normalize if request.HasField("normalize") else True
         result = await self._embedder.embed(list(request.texts), kind, normalize)
         return embed_pb2.EmbedResponse(

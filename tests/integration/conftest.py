@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from grpc import aio
+
+from services.common.config import load_profile
+from services.common.server import ForgeServer, ServerOptions
+from services.embed.app import EmbedApp
+from services.embed.settings import EmbedSettings
+
+
+@pytest.fixture(scope="session")
+async def embed_server() -> AsyncIterator[ForgeServer]:
+    """The real embeddings service (real model, real gRPC on a loopback port), once per session."""
+    profile = load_profile("cpu", environ={})
+    app = EmbedApp(profile, EmbedSettings(max_batch_size=32, max_wait_ms=5))
+    server = ForgeServer(app, profile, ServerOptions(port=0, metrics_port=0))
+    await server.start()
+    await server.load_and_serve()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def embed_channel(embed_server: ForgeServer) -> AsyncIterator[aio.Channel]:
+    async with aio.insecure_channel(embed_server.address) as channel:
+        yield channel
