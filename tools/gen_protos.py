@@ -26,8 +26,12 @@ def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     # grpc_tools ships the well-known types (timestamp, duration) next to its own module.
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
+    # mypy-protobuf's plugins live beside this interpreter; don't rely on an activated venv's PATH.
+    plugins = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
         f"--python_out={out_dir}",
