@@ -132,3 +132,11 @@ class ServiceProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+def forge_test_home() -> Path:
+    """FORGE_HOME for tests: inside the checkout (ignored by git), so the converted model is made
+    once per clone rather than once per run."""
+    path = REPO_ROOT / ".cache" / "forge-test-home"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -9,6 +9,7 @@ from services.common.config import load_profile
 from services.common.server import ForgeServer, ServerOptions
 from services.embed.app import EmbedApp
 from services.embed.settings import EmbedSettings
+from tests.helpers import forge_test_home
 
 
 @pytest.fixture(scope="session")
@@ -26,4 +27,26 @@ async def embed_server() -> AsyncIterator[ForgeServer]:
 @pytest.fixture(scope="session")
 async def embed_channel(embed_server: ForgeServer) -> AsyncIterator[aio.Channel]:
     async with aio.insecure_channel(embed_server.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+async def llm_server() -> AsyncIterator[ForgeServer]:
+    """The real LLM service on the real vLLM engine (SmolLM2-135M), once per session (~1 min on CPU).
+    Four sequences, so capacity tests need only four streams."""
+    from services.llm.app import LlmApp
+    from services.llm.settings import LlmSettings
+
+    profile = load_profile("cpu", environ={})
+    app = LlmApp(profile, forge_test_home(), LlmSettings(max_num_seqs=4, max_model_len=2048))
+    server = ForgeServer(app, profile, ServerOptions(port=0))
+    await server.start()
+    await server.load_and_serve()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def llm_channel(llm_server: ForgeServer) -> AsyncIterator[aio.Channel]:
+    async with aio.insecure_channel(llm_server.address) as channel:
         yield channel

@@ -1,0 +1,113 @@
+"""Wires the LLM service into the server kit: settings + profile -> engine -> core -> servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from forge.v1 import llm_pb2, llm_pb2_grpc
+from grpc import aio
+
+from services.common.config import SkuProfile
+from services.llm.core import LlmCore
+from services.llm.engine import LlmEngine
+from services.llm.prepare import default_model_dir, is_prepared, prepare_model
+from services.llm.servicer import LlmServicer
+from services.llm.settings import LlmSettings
+
+log = logging.getLogger(__name__)
+
+LLM_SERVICE = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+class LlmApp:
+    name = "llm"
+
+    def __init__(self, profile: SkuProfile, home: Path, settings: LlmSettings | None = None) -> None:
+        self.profile = profile
+        self.home = home
+        self.settings = settings or LlmSettings()
+        self.core = LlmCore(self.settings, on_engine_dead=self._engine_died)
+        self._device = "cpu"
+        self._report_health: Callable[[bool], None] = lambda serving: None
+
+    @property
+    def grpc_service_names(self) -> Sequence[str]:
+        return [LLM_SERVICE]
+
+    @property
+    def engine_name(self) -> str:
+        return self.settings.engine or self.profile.llm_engine
+
+    def model_path(self) -> Path:
+        """The configured model folder, else the packaged SmolLM2 (prepared on first use)."""
+        if self.settings.model_path is not None:
+            return self.settings.model_path
+        path = default_model_dir(self.home)
+        if not is_prepared(path):
+            log.info(
+                "no prepared model at %s; preparing it now (`forge model prepare` does this ahead)", path
+            )
+            prepare_model(path)
+        return path
+
+    def register(self, server: aio.Server) -> None:
+        llm_pb2_grpc.add_LlmServiceServicer_to_server(LlmServicer(self.core), server)
+
+    def bind_health(self, report: Callable[[bool], None]) -> None:
+        self._report_health = report
+
+    def _engine_died(self) -> None:
+        log.error("LLM engine died; reporting NOT_SERVING")
+        self._report_health(False)
+
+    def _start_engine(self) -> LlmEngine:
+        if self.engine_name != "vllm":
+            raise RuntimeError(f"LLM engine {self.engine_name!r} is not available in this build; use vllm")
+        from services.llm.vllm_engine import VllmEngine
+
+        slice_fraction = self.profile.slices.of(self.name)
+        on_gpu = slice_fraction > 0 and cuda_available()
+        self._device = "cuda:0" if on_gpu else "cpu"
+        return VllmEngine.start(
+            self.model_path(),
+            max_model_len=self.settings.max_model_len,
+            max_num_seqs=self.settings.max_num_seqs,
+            dtype=self.settings.dtype
+            if self.settings.dtype != "auto"
+            else ("auto" if on_gpu else "bfloat16"),
+            enforce_eager=self.settings.enforce_eager,
+            gpu_memory_utilization=slice_fraction if on_gpu else None,
+            cpu_kv_cache_bytes=self.settings.cpu_kv_cache_bytes,
+            cache_root=self.home / "vllm-cache",
+        )
+
+    async def load(self) -> None:
+        self.core.attach(await asyncio.to_thread(self._start_engine))
+
+    async def close(self) -> None:
+        if self.core.engine is not None:
+            await asyncio.to_thread(self.core.engine.shutdown)
+
+    def compute_device(self) -> str:
+        return self._device
+
+    def settings_summary(self) -> Mapping[str, str]:
+        s = self.settings
+        return {
+            "engine": self.engine_name,
+            "model": self.core.engine.model_name if self.core.engine else "(loading)",
+            "device": self._device,
+            "max_model_len": str(s.max_model_len),
+            "max_num_seqs": str(s.max_num_seqs),
+            "cpu_kv_cache_bytes": str(s.cpu_kv_cache_bytes),
+            "default_max_tokens": str(s.default_max_tokens),
+        }

@@ -1,0 +1,37 @@
+"""LLM service settings (environment: FORGE_LLM_<NAME>)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024**2
+
+
+class LlmSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FORGE_LLM_", extra="forbid", protected_namespaces=())
+
+    # A local Hugging Face model folder; unset = SmolLM2-135M-Instruct prepared by `forge model prepare`.
+    model_path: Path | None = None
+    # Overrides the SKU profile's llm_engine.
+    engine: Literal["vllm", "llama_cpp"] | None = None
+    # Context window the engine reserves per sequence (prompt + generated tokens).
+    max_model_len: Annotated[int, Field(ge=128)] = 2048
+    # Sequences the engine batches at once; also the service's hard concurrency limit.
+    max_num_seqs: Annotated[int, Field(ge=1, le=1024)] = 16
+    # CPU only: KV-cache memory (the CPU form of the service's memory slice).
+    cpu_kv_cache_bytes: Annotated[int, Field(ge=16 * MIB)] = 512 * MIB
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Eager mode starts in seconds on CPU; compiled mode takes minutes for little gain there.
+    enforce_eager: bool = True
+    # Tokens generated when the request does not say.
+    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Request size limits, checked before tokenising.
+    max_messages: Annotated[int, Field(ge=1)] = 128
+    max_input_chars: Annotated[int, Field(ge=1)] = 65_536
+    max_stop_sequences: Annotated[int, Field(ge=0)] = 8
+    max_stop_chars: Annotated[int, Field(ge=1)] = 64
+    max_request_id_chars: Annotated[int, Field(ge=1)] = 128
