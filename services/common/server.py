@@ -99,6 +99,7 @@ class ForgeServer:
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
         self._drain = DrainInterceptor()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> str:
@@ -120,6 +121,9 @@ class ForgeServer:
             ],
         )
         self.app.register(server)
+        bind_health = getattr(self.app, "bind_health", None)
+        if bind_health is not None:  # apps whose dependency can die at run time report it
+            bind_health(self._report_health)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(
             OpsServicer(
                 service=self.app.name,
@@ -152,6 +156,12 @@ class ForgeServer:
         )
         for name in ("", *self.app.grpc_service_names):
             await self._health.set(name, status)
+
+    def _report_health(self, serving: bool) -> None:
+        if not self._stopped.is_set():
+            task = asyncio.get_running_loop().create_task(self._set_serving(serving))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def load_and_serve(self) -> None:
         await self.app.load()
