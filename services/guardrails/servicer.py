@@ -1,0 +1,57 @@
+"""gRPC adapter of the guardrails service: messages in, domain call, messages out."""
+
+from __future__ import annotations
+
+from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.guardrails.engine import Guard
+from services.guardrails.policy import Action, Stage
+
+_STAGES = {
+    guardrails_pb2.STAGE_INPUT: Stage.INPUT,
+    guardrails_pb2.STAGE_RETRIEVAL: Stage.RETRIEVAL,
+    guardrails_pb2.STAGE_OUTPUT: Stage.OUTPUT,
+}
+_DECISIONS = {
+    None: guardrails_pb2.DECISION_ALLOW,
+    Action.FLAG: guardrails_pb2.DECISION_ALLOW,
+    Action.REDACT: guardrails_pb2.DECISION_REDACT,
+    Action.BLOCK: guardrails_pb2.DECISION_BLOCK,
+}
+
+
+class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
+    def __init__(self) -> None:
+        self.guard: Guard | None = None
+
+    async def Check(
+        self, request: guardrails_pb2.CheckRequest, context: aio.ServicerContext[object, object]
+    ) -> guardrails_pb2.CheckResponse:
+        stage = _STAGES.get(request.stage)
+        if stage is None:
+            raise InvalidArgument(
+                "stage", f"must be STAGE_INPUT, STAGE_RETRIEVAL or STAGE_OUTPUT, got {request.stage}"
+            )
+        if self.guard is None:
+            raise Unavailable("guardrails models", "still loading; retry shortly")
+        verdict = await self.guard.check(request.text, stage)
+        timings = []
+        for t in verdict.timings:
+            duration = Duration()
+            duration.FromNanoseconds(int(t.seconds * 1e9))
+            timings.append(guardrails_pb2.RailTiming(rail=t.rail, duration=duration, failed=t.failed))
+        return guardrails_pb2.CheckResponse(
+            decision=_DECISIONS[verdict.decision],
+            findings=[
+                guardrails_pb2.Finding(
+                    rail=f.rail, category=f.category, score=f.score, start=f.start, end=f.end
+                )
+                for f in verdict.findings
+            ],
+            redacted_text=verdict.redacted_text,
+            timings=timings,
+            policy_version=verdict.policy_version,
+        )
