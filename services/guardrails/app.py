@@ -15,7 +15,7 @@ from grpc import aio
 
 from services.common.config import SkuProfile
 from services.guardrails.engine import Guard
-from services.guardrails.factory import Parts, build_rails, load_parts
+from services.guardrails.factory import Parts, build_rails, close_rails, load_parts
 from services.guardrails.policy import Stage, default_policy_path, load_policy
 from services.guardrails.servicer import GuardrailsServicer
 from services.guardrails.settings import GuardrailsSettings
@@ -59,7 +59,9 @@ class GuardrailsApp:
         self.servicer.guard = guard
 
     async def close(self) -> None:
-        self.servicer.guard = None
+        guard, self.servicer.guard = self.servicer.guard, None
+        if guard is not None:
+            close_rails(guard.rails)  # e.g. the judge's channel to the LLM service
 
     def compute_device(self) -> str:
         if self.parts is not None and self.parts.encoder is not None:

@@ -4,6 +4,7 @@ sentence encoder). Heavy parts load only when some stage uses a rail that needs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from services.guardrails.encoder import TextEncoder
 from services.guardrails.policy import Policy, PolicyError
 from services.guardrails.rails.base import Rail
 from services.guardrails.rails.classifier import ClassifierRail
-from services.guardrails.rails.judge import JudgeRail, UnknownJudgeBackend, make_judge
+from services.guardrails.rails.judge import JudgeConfig, JudgeRail, UnknownJudgeBackend, make_judge
 from services.guardrails.rails.obfuscation import ObfuscationRail
 from services.guardrails.rails.phrases import PhrasesRail
 from services.guardrails.rails.pii import PiiRail, build_analyzer, default_entities
@@ -91,10 +92,19 @@ def build_rails(policy: Policy, parts: Parts) -> dict[str, Rail]:
                 raise PolicyError(str(exc)) from exc
         elif kind == "judge":
             try:
-                rail = JudgeRail(name, make_judge(cfg.backend), cfg.threshold)
+                judge_config = JudgeConfig(cfg.address, cfg.timeout_ms / 1000, cfg.max_tokens)
+                rail = JudgeRail(name, make_judge(cfg.backend, judge_config), cfg.threshold)
             except UnknownJudgeBackend as exc:
                 raise PolicyError(f"rails.{name}: {exc}") from exc
         else:  # the policy validator already refuses unknown kinds
             raise PolicyError(f"rails.{name}: unknown rail kind {kind!r}")
         rails[name] = rail
     return rails
+
+
+def close_rails(rails: Mapping[str, Rail]) -> None:
+    """Release what rails hold open (the judge's channel to its backend)."""
+    for rail in rails.values():
+        close = getattr(rail, "close", None)
+        if callable(close):
+            close()

@@ -64,7 +64,9 @@ class RailConfig(_Strict):
     denied_topics: list[TopicSpec] = Field(default_factory=list)  # topics
     allowed_topics: list[TopicSpec] = Field(default_factory=list)  # topics
     phrases: list[str] = Field(default_factory=list)  # phrases: case-insensitive regexes
-    backend: str = ""  # judge
+    backend: str = ""  # judge: a backend name (llm_service)
+    address: str = ""  # judge: the backend's host:port ("" = the local LLM service, 127.0.0.1:50052)
+    max_tokens: Annotated[int, Field(ge=1, le=64)] = 4  # judge: tokens the judge may answer with
     # Test hook: a rail that repeats its work this many times (a real slow rail for timeout tests).
     repeat: Annotated[int, Field(ge=1, le=10000)] = 1
 

@@ -66,3 +66,16 @@ def test_defaults_are_flag_and_fail_open() -> None:
     policy = parse_policy(_policy(rails={"secrets": {}}))
     assert policy.rails["secrets"].action is Action.FLAG
     assert policy.rails["secrets"].on_failure is OnFailure.OPEN
+
+
+def test_default_policy_keeps_the_judge_off() -> None:
+    policy = load_policy()
+    assert "judge" not in {policy.kind_of(name) for name in policy.used_rails()}
+
+
+def test_judge_settings_are_validated() -> None:
+    judge = {"kind": "judge", "backend": "llm_service"}
+    with pytest.raises(PolicyError, match="max_tokens"):
+        parse_policy(_policy(rails={"j": {**judge, "max_tokens": 0}}, stages={"output": ["j"]}))
+    with pytest.raises(PolicyError, match="a judge rail needs a backend"):
+        parse_policy(_policy(rails={"j": {"kind": "judge"}}, stages={"output": ["j"]}))

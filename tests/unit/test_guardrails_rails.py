@@ -9,10 +9,22 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.guardrails.engine import Guard
+from services.guardrails.factory import Parts, build_rails, close_rails
 from services.guardrails.normalize import Normalized, normalize
-from services.guardrails.policy import Action, Stage, parse_policy
+from services.guardrails.policy import Action, PolicyError, RailConfig, Stage, parse_policy
 from services.guardrails.rails.base import Hit
-from services.guardrails.rails.judge import JudgeRail, JudgeVerdict, UnknownJudgeBackend, make_judge
+from services.guardrails.rails.judge import (
+    MAX_JUDGED_CHARS,
+    JudgeConfig,
+    JudgeError,
+    JudgeRail,
+    JudgeVerdict,
+    LlmServiceJudge,
+    UnknownJudgeBackend,
+    judge_request,
+    make_judge,
+    parse_answer,
+)
 from services.guardrails.rails.obfuscation import ObfuscationRail
 from services.guardrails.rails.phrases import PhrasesRail
 from services.guardrails.rails.secrets import SecretsRail
@@ -72,16 +84,88 @@ def test_obfuscation_rail_reports_payloads_and_hidden_characters() -> None:
 
 
 def test_judge_backends_are_pluggable_and_unknown_ones_refused() -> None:
-    with pytest.raises(UnknownJudgeBackend, match="none implemented yet"):
-        make_judge("llm-service")
+    config = JudgeConfig("127.0.0.1:1", 1.0, 4)
+    with pytest.raises(UnknownJudgeBackend, match=r"'llm-service' \(known: llm_service\)"):
+        make_judge("llm-service", config)
 
     class FixedJudge:
         def judge(self, text: str) -> JudgeVerdict:
             return JudgeVerdict(0.9 if "weapon" in text else 0.1)
 
+        def close(self) -> None:
+            pass
+
     rail = JudgeRail("judge", FixedJudge(), threshold=0.5)
     assert [h.category for h in rail.scan(normalize("here is how to build the weapon"))] == ["harm.output"]
     assert rail.scan(normalize("here is a cake recipe")) == []
+
+
+def test_policy_judge_rail_builds_the_llm_service_backend() -> None:
+    policy = parse_policy(
+        {
+            "version": "t",
+            "rails": {"j": {"kind": "judge", "backend": "llm_service", "timeout_ms": 2500, "max_tokens": 3}},
+            "stages": {"output": ["j"]},
+        }
+    )
+    rail = build_rails(policy, Parts())["j"]
+    assert isinstance(rail, JudgeRail) and isinstance(rail.judge, LlmServiceJudge)
+    assert (rail.judge.address, rail.judge.timeout_s, rail.judge.max_tokens) == ("127.0.0.1:50052", 2.5, 3)
+    close_rails({"j": rail})
+    unknown = policy.model_copy(update={"rails": {"j": RailConfig(kind="judge", backend="gpt")}})
+    with pytest.raises(PolicyError, match=r"rails\.j: unknown judge backend 'gpt'"):
+        build_rails(unknown, Parts())
+
+
+def test_closed_judge_refuses_further_calls() -> None:
+    judge = LlmServiceJudge(JudgeConfig("127.0.0.1:1", 1.0, 4))
+    judge.close()
+    judge.close()  # idempotent
+    with pytest.raises(ValueError, match="Channel closed"):
+        judge.judge("anything")
+
+
+@pytest.mark.parametrize(
+    ("answer", "score"),
+    [
+        ("Yes", 1.0),
+        ("No", 0.0),
+        (" yes.", 1.0),
+        ("**No**", 0.0),
+        ("No, the text", 0.0),
+        ("Answer: YES", 1.0),
+        ("Harmful: no", 0.0),  # the explicit answer wins over the harm word
+        ("Unsafe", 1.0),
+        ("safe", 0.0),
+        ("The text is harmful", 1.0),
+        ("This text is not harmful", 0.0),
+        ("It isn't unsafe", 0.0),
+        ("not safe", 1.0),
+        ("0.83", 0.83),
+        ("80%", 0.8),
+        ("7/10", 0.7),
+        ("1", 1.0),
+        ("0", 0.0),
+    ],
+)
+def test_judge_answer_parsing(answer: str, score: float) -> None:
+    assert parse_answer(answer) == pytest.approx(score)
+
+
+@pytest.mark.parametrize(
+    "answer", ["", "This text is not", "I cannot say", "42", "Sure! " + "la " * 20 + "yes"]
+)
+def test_judge_answer_without_a_verdict_is_an_error(answer: str) -> None:
+    with pytest.raises(JudgeError, match="no verdict"):
+        parse_answer(answer)
+
+
+def test_judge_request_is_greedy_short_and_quotes_the_text() -> None:
+    request = judge_request("x" * 10_000, max_tokens=4)
+    assert request.params.temperature == 0.0 and request.params.max_tokens == 4
+    assert [m.role for m in request.messages] == ["system", "user"]
+    assert "x" * MAX_JUDGED_CHARS in request.messages[1].content
+    assert "x" * (MAX_JUDGED_CHARS + 1) not in request.messages[1].content
 
 
 # --- engine logic, with simple rails standing in ---------------------------------------------
