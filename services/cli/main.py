@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from services.common.config import ConfigError, SkuProfile, load_profile, load_profiles
-from services.common.server import ServerOptions, configure_logging, run_service
+from services.common.server import ServerOptions, ServiceApp, configure_logging, run_service
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
 
 # Services `forge up` starts, in start order; later issues add llm, guardrails and router.
@@ -92,6 +92,21 @@ def _server_options(host: str, port: int, metrics_port: int, grace_s: float) -> 
     )
 
 
+def _serve(
+    settings: ForgeSettings,
+    build: Callable[[SkuProfile, Path], ServiceApp],
+    configuration: str,
+    options: ServerOptions,
+) -> None:
+    """Build one service from the profile and its settings, then serve it until SIGTERM."""
+    profile = _profile_or_exit(settings.profile)
+    try:
+        app = build(profile, settings.home_dir())
+    except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
+        raise click.ClickException(f"invalid {configuration}:\n{exc}") from exc
+    sys.exit(asyncio.run(run_service(app, profile, options)))
+
+
 @cli.group()
 def serve() -> None:
     """Run one service in this process."""
@@ -102,21 +117,15 @@ def serve() -> None:
 @click.pass_obj
 def serve_embed(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
     """Embeddings (sentence-transformers, micro-batched). Env FORGE_EMBED_* tunes it."""
-    from pydantic import ValidationError
-
     from services.embed.app import EmbedApp
     from services.embed.settings import EmbedSettings
 
-    profile = _profile_or_exit(settings.profile)
-    settings.home_dir()
-    try:
-        embed_settings = EmbedSettings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid FORGE_EMBED_* settings:\n{exc}") from exc
-    options = ServerOptions(
-        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    _serve(
+        settings,
+        lambda profile, home: EmbedApp(profile, EmbedSettings()),
+        "FORGE_EMBED_* settings",
+        _server_options(host, port, metrics_port, grace_s),
     )
-    sys.exit(asyncio.run(run_service(EmbedApp(profile, embed_settings), profile, options)))
 
 
 @serve.command("guardrails")
@@ -126,24 +135,15 @@ def serve_guardrails(
     settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float
 ) -> None:
     """Guardrails (input, retrieval and output rails). Env FORGE_GUARDRAILS_* tunes it."""
-    from pydantic import ValidationError
-
     from services.guardrails.app import GuardrailsApp
-    from services.guardrails.policy import PolicyError
     from services.guardrails.settings import GuardrailsSettings
 
-    profile = _profile_or_exit(settings.profile)
-    home = settings.home_dir()
-    try:
-        app = GuardrailsApp(profile, home, GuardrailsSettings())
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid FORGE_GUARDRAILS_* settings:\n{exc}") from exc
-    except PolicyError as exc:
-        raise click.ClickException(f"invalid guardrails policy: {exc}") from exc
-    options = ServerOptions(
-        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    _serve(
+        settings,
+        lambda profile, home: GuardrailsApp(profile, home, GuardrailsSettings()),
+        "FORGE_GUARDRAILS_* settings or guardrails policy",
+        _server_options(host, port, metrics_port, grace_s),
     )
-    sys.exit(asyncio.run(run_service(app, profile, options)))
 
 
 @cli.group()
@@ -176,19 +176,16 @@ def guardrails_train(settings: ForgeSettings) -> None:
 @_serve_options("llm")
 @click.pass_obj
 def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
-    """LLM inference (vLLM engine, streamed tokens). Env FORGE_LLM_* tunes it."""
-    from pydantic import ValidationError
-
+    """LLM inference (vLLM or llama.cpp engine, streamed tokens). Env FORGE_LLM_* tunes it."""
     from services.llm.app import LlmApp
     from services.llm.settings import LlmSettings
 
-    profile = _profile_or_exit(settings.profile)
-    try:
-        llm_settings = LlmSettings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid FORGE_LLM_* settings:\n{exc}") from exc
-    app = LlmApp(profile, settings.home_dir(), llm_settings)
-    sys.exit(asyncio.run(run_service(app, profile, _server_options(host, port, metrics_port, grace_s))))
+    _serve(
+        settings,
+        lambda profile, home: LlmApp(profile, home, LlmSettings()),
+        "FORGE_LLM_* settings",
+        _server_options(host, port, metrics_port, grace_s),
+    )
 
 
 @cli.group()
