@@ -23,9 +23,14 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 async def llm_process() -> AsyncIterator[ServiceProcess]:
     process = ServiceProcess("llm", env={"FORGE_HOME": str(forge_test_home()), "FORGE_LLM_MAX_NUM_SEQS": "2"})
     yield process
+    # Only this service's own engine processes: the session's in-process engine must live on.
+    try:
+        leftovers = psutil.Process(process.proc.pid).children(recursive=True) if process.proc else []
+    except psutil.NoSuchProcess:  # it already exited (the test stops it with SIGTERM)
+        leftovers = []
     await process.kill()
-    for child in psutil.Process().children(recursive=True):
-        if "EngineCore" in " ".join(child.cmdline()) or child.name().startswith("VLLM"):
+    for child in leftovers:
+        if child.is_running():
             child.kill()
 
 
