@@ -16,6 +16,7 @@ _PRIORITIES = {
     common_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
     common_pb2.PRIORITY_BATCH: Priority.BATCH,
 }
+DEADLINE_TOLERANCE_S = 0.25
 _FINISH = {
     FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
@@ -61,8 +62,10 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
         self, request: llm_pb2.GenerateRequest, context: aio.ServicerContext[object, object]
     ) -> AsyncIterator[llm_pb2.GenerateResponse]:
         def abort_reason() -> str:
+            # The client's own timer usually cancels the call a moment before the server's fires,
+            # so a call cut within the tolerance of its deadline counts as a deadline.
             remaining = context.time_remaining()
-            return "deadline" if remaining is not None and remaining <= 0 else "cancelled"
+            return "deadline" if remaining is not None and remaining <= DEADLINE_TOLERANCE_S else "cancelled"
 
         async for event in self._core.generate(generate_input(request), abort_reason):
             yield _response(event)
