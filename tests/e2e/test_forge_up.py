@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
+import psutil
 import pytest
 from forge.v1 import embed_pb2, embed_pb2_grpc, ops_pb2, ops_pb2_grpc
 from grpc import aio
@@ -47,8 +48,14 @@ async def mesh() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     )
     yield proc, offset
     if proc.returncode is None:
+        # The services run in their own sessions (Ctrl-C reaches only the supervisor), so a
+        # failed test must stop them too, not just the supervisor.
+        family = psutil.Process(proc.pid).children(recursive=True)
         proc.kill()
         await proc.wait()
+        for member in family:
+            if member.is_running():
+                member.kill()
 
 
 async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 450) -> list[str]:
