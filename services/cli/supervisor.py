@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,16 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 # A child that ran this long before crashing is restarted without delay.
 STABLE_RUN_S = 60.0
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_supervisor() -> None:
+    """Runs in the child before exec: on Linux the child gets SIGTERM when the supervisor dies,
+    even by SIGKILL, so no service outlives `forge up`."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -100,6 +111,7 @@ class Supervisor:
             env=self.env,
             stdout=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            preexec_fn=_die_with_supervisor,
         )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.spec.service, child.process.pid)
