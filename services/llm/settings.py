@@ -28,6 +28,7 @@ class LlmSettings(BaseSettings):
     max_num_seqs: Annotated[int, Field(ge=1, le=1024)] = 16
     # CPU only: KV-cache memory (the CPU form of the service's memory slice).
     cpu_kv_cache_bytes: Annotated[int, Field(ge=16 * MIB)] = 512 * MIB
+    # auto = the model's dtype on a GPU, float32 on a CPU (bf16 is slow without hardware support).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # Eager mode starts in seconds on CPU; compiled mode takes minutes for little gain there.
     enforce_eager: bool = True
