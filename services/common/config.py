@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.common.yamlfile import read_yaml, validation_problems
+
 GIB = 1024**3
 SERVICES_WITH_SLICES = ("llm", "embed", "guardrails", "milvus")
 ENV_OVERRIDE_PREFIX = "FORGE_PROFILE__"
@@ -137,13 +139,9 @@ def default_profiles_path() -> Path:
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        got = problem.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        lines.append(f"  {where}: {problem['msg']}{shown}")
-    return f"invalid SKU profiles in {source}:\n" + "\n".join(lines)
+    return f"invalid SKU profiles in {source}:\n" + "\n".join(
+        f"  {line}" for line in validation_problems(err)
+    )
 
 
 def _apply_env_overrides(profile: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -197,12 +195,7 @@ def load_profile(name: str, path: Path | None = None, environ: Mapping[str, str]
 
 
 def _read_yaml(source: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(source.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read SKU profiles {source}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"SKU profiles {source} is not valid YAML: {exc}") from exc
+    data = read_yaml(source, "SKU profiles", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"SKU profiles {source} must be a mapping with 'version' and 'profiles'")
     return data

@@ -9,8 +9,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.common.yamlfile import read_yaml, validation_problems
 
 RAIL_KINDS = ("obfuscation", "pii", "secrets", "injection", "harm", "topics", "phrases", "judge")
 
@@ -119,18 +120,9 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise PolicyError(f"{source}: {problems}") from None
+        raise PolicyError(f"{source}: {'; '.join(validation_problems(exc))}") from None
 
 
 def load_policy(path: Path | None = None) -> Policy:
     path = path or default_policy_path()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise PolicyError(f"cannot read guardrails policy {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_policy(data, str(path))
+    return parse_policy(read_yaml(path, "guardrails policy", PolicyError), str(path))
