@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -11,9 +12,12 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.common.config import load_profile
+from services.common.server import ForgeServer, ServerOptions, ServiceApp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,3 +144,17 @@ def forge_test_home() -> Path:
     path = REPO_ROOT / ".cache" / "forge-test-home"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ServiceApp, metrics: bool = False) -> AsyncIterator[ForgeServer]:
+    """A real service in this process on a loopback port 0 with the `cpu` profile: started,
+    loaded (SERVING), and drained on exit."""
+    profile = load_profile("cpu", environ={})
+    server = ForgeServer(app, profile, ServerOptions(port=0, metrics_port=0 if metrics else None))
+    await server.start()
+    try:
+        await server.load_and_serve()
+        yield server
+    finally:
+        await server.stop()

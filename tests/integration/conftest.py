@@ -1,27 +1,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 from grpc import aio
 
 from services.common.config import load_profile
-from services.common.server import ForgeServer, ServerOptions
+from services.common.server import ForgeServer
 from services.embed.app import EmbedApp
 from services.embed.settings import EmbedSettings
-from tests.helpers import forge_test_home
+from tests.helpers import forge_test_home, serving
 
 
 @pytest.fixture(scope="session")
 async def embed_server() -> AsyncIterator[ForgeServer]:
     """The real embeddings service (real model, real gRPC on a loopback port), once per session."""
-    profile = load_profile("cpu", environ={})
-    app = EmbedApp(profile, EmbedSettings(max_batch_size=32, max_wait_ms=5))
-    server = ForgeServer(app, profile, ServerOptions(port=0, metrics_port=0))
-    await server.start()
-    await server.load_and_serve()
-    yield server
-    await server.stop()
+    app = EmbedApp(load_profile("cpu", environ={}), EmbedSettings(max_batch_size=32, max_wait_ms=5))
+    async with serving(app, metrics=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -30,20 +27,22 @@ async def embed_channel(embed_server: ForgeServer) -> AsyncIterator[aio.Channel]
         yield channel
 
 
-@pytest.fixture(scope="session")
-async def llm_server() -> AsyncIterator[ForgeServer]:
-    """The real LLM service on the real vLLM engine (SmolLM2-135M), once per session (~1 min on CPU).
-    Four sequences, so capacity tests need only four streams."""
+async def _llm_service(engine: Literal["vllm", "llama_cpp"]) -> AsyncIterator[ForgeServer]:
+    """The LLM service on a real engine with SmolLM2-135M. Four sequences, so capacity tests need
+    only four streams."""
     from services.llm.app import LlmApp
     from services.llm.settings import LlmSettings
 
-    profile = load_profile("cpu", environ={})
-    app = LlmApp(profile, forge_test_home(), LlmSettings(max_num_seqs=4, max_model_len=2048))
-    server = ForgeServer(app, profile, ServerOptions(port=0))
-    await server.start()
-    await server.load_and_serve()
-    yield server
-    await server.stop()
+    settings = LlmSettings(engine=engine, max_num_seqs=4, max_model_len=2048)
+    async with serving(LlmApp(load_profile("cpu", environ={}), forge_test_home(), settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def llm_server() -> AsyncIterator[ForgeServer]:
+    """vLLM (~1 min to start on CPU), once per session."""
+    async for server in _llm_service("vllm"):
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -54,18 +53,10 @@ async def llm_channel(llm_server: ForgeServer) -> AsyncIterator[aio.Channel]:
 
 @pytest.fixture(scope="session")
 async def llama_cpp_server() -> AsyncIterator[ForgeServer]:
-    """The LLM service on llama.cpp (the Tesla P40 engine) with the packaged GGUF as is."""
+    """llama.cpp (the Tesla P40 engine) with the packaged GGUF as is, once per session."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra: llamacpp)")
-    from services.llm.app import LlmApp
-    from services.llm.settings import LlmSettings
-
-    profile = load_profile("cpu", environ={})
-    settings = LlmSettings(engine="llama_cpp", max_num_seqs=4, max_model_len=2048)
-    server = ForgeServer(LlmApp(profile, forge_test_home(), settings), profile, ServerOptions(port=0))
-    await server.start()
-    await server.load_and_serve()
-    yield server
-    await server.stop()
+    async for server in _llm_service("llama_cpp"):
+        yield server
 
 
 @pytest.fixture(params=["vllm", "llama_cpp"])

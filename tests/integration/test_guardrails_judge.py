@@ -15,13 +15,13 @@ from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from grpc import aio
 
 from services.common.config import load_profile
-from services.common.server import ForgeServer, ServerOptions
+from services.common.server import ForgeServer
 from services.guardrails.app import GuardrailsApp
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails
 from services.guardrails.policy import Action, Stage, parse_policy
 from services.guardrails.settings import GuardrailsSettings
-from tests.helpers import free_port
+from tests.helpers import free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +109,11 @@ async def judge_service(llm_server: ForgeServer, tmp_path: Path) -> AsyncIterato
     """The guardrails service itself, its policy enabling only the judge (no heavy parts load)."""
     policy_path = tmp_path / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(judge_policy(llm_server.address)))
-    profile = load_profile("cpu", environ={})
-    app = GuardrailsApp(profile, tmp_path, GuardrailsSettings(policy_path=policy_path, device="cpu"))
-    server = ForgeServer(app, profile, ServerOptions(port=0, metrics_port=None))
-    await server.start()
-    await server.load_and_serve()
-    yield server
-    await server.stop()
+    app = GuardrailsApp(
+        load_profile("cpu", environ={}), tmp_path, GuardrailsSettings(policy_path=policy_path, device="cpu")
+    )
+    async with serving(app) as server:
+        yield server
 
 
 async def test_check_over_grpc_reports_the_judge(judge_service: ForgeServer) -> None:

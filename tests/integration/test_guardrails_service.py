@@ -14,7 +14,7 @@ from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from grpc import aio
 
 from services.common.config import load_profile
-from services.common.server import ForgeServer, ServerOptions
+from services.common.server import ForgeServer
 from services.guardrails.app import GuardrailsApp
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails
@@ -23,7 +23,7 @@ from services.guardrails.policy import Action, Stage, load_policy, parse_policy
 from services.guardrails.settings import GuardrailsSettings
 from services.guardrails.stream import OutputStream
 from services.guardrails.training.evaluate import evaluate_rail, held_out
-from tests.helpers import grpcurl
+from tests.helpers import grpcurl, serving
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,9 @@ pytestmark = pytest.mark.slow
 async def guard_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ForgeServer]:
     """Trains the heads into a fresh FORGE_HOME (as a fresh machine would at first start)."""
     home: Path = tmp_path_factory.mktemp("forge-home")
-    profile = load_profile("cpu", environ={})
-    app = GuardrailsApp(profile, home, GuardrailsSettings(device="cpu"))
-    server = ForgeServer(app, profile, ServerOptions(port=0, metrics_port=None))
-    await server.start()
-    await server.load_and_serve()
-    yield server
-    await server.stop()
+    app = GuardrailsApp(load_profile("cpu", environ={}), home, GuardrailsSettings(device="cpu"))
+    async with serving(app) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
