@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,8 +17,9 @@ from services.common.config import ConfigError, SkuProfile, load_profile, load_p
 from services.common.server import ServerOptions, ServiceApp, configure_logging, run_service
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
 
-# Services `forge up` starts, in start order; later issues add llm, guardrails and router.
-MESH_SERVICES = ("llm", "embed", "guardrails")
+# Services `forge up` starts (all at once; each is health-gated on its own).
+MESH_SERVICES = ("llm", "embed", "guardrails", "router")
+DEFAULT_ROUTER = f"127.0.0.1:{DEFAULT_GRPC_PORTS['router']}"
 
 
 def _profile_or_exit(name: str) -> SkuProfile:
@@ -188,6 +190,102 @@ def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, 
     )
 
 
+@serve.command("router")
+@_serve_options("router")
+@click.pass_obj
+def serve_router(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
+    """Router: admission control and RAG over Milvus (Milvus Lite under FORGE_HOME by default).
+    Env FORGE_ROUTER_* tunes it (downstream addresses, Milvus URI, retrieval and rail policy)."""
+    from services.router.app import RouterApp
+    from services.router.settings import RouterSettings
+
+    _serve(
+        settings,
+        lambda profile, home: RouterApp(profile, home, RouterSettings()),
+        "FORGE_ROUTER_* settings",
+        _server_options(host, port, metrics_port, grace_s),
+    )
+
+
+def _client_options(f: F) -> F:
+    f = click.option(
+        "--router",
+        "address",
+        envvar="FORGE_ROUTER",
+        default=DEFAULT_ROUTER,
+        show_default=True,
+        help="Router address (env FORGE_ROUTER).",
+    )(f)
+    f = click.option(
+        "--collection", default="", help="Collection (default: the router's default collection)."
+    )(f)
+    f = click.option(
+        "--tenant",
+        envvar="FORGE_TENANT",
+        default="default",
+        show_default=True,
+        help="Tenant (env FORGE_TENANT).",
+    )(f)
+    return f
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_client_options
+def ingest(paths: tuple[Path, ...], tenant: str, collection: str, address: str) -> None:
+    """Store text and Markdown files as documents (one per file, id = file name; folders are
+    searched for .txt/.md files). Ingesting a file again replaces its document."""
+    from services.cli import client
+
+    try:
+        files = client.documents_in(paths)
+    except client.ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not files:
+        raise click.ClickException("no text or Markdown files found")
+    with click.progressbar(length=len(files), label="Ingesting", file=sys.stderr) as bar:
+
+        def stored(doc: client.Ingested) -> None:
+            bar.update(1)
+            click.echo(f"  {doc.document_id}: {doc.chunk_count} chunks", err=True)
+
+        try:
+            documents, chunks = client.ingest(address, files, tenant, collection, stored)
+        except client.ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"ingested {documents} documents ({chunks} chunks) for tenant {tenant}")
+
+
+@cli.command()
+@click.argument("question")
+@_client_options
+@click.option("--top-k", type=int, default=0, help="Chunks to retrieve (0 = the router's default).")
+@click.option("--max-tokens", type=int, default=None, help="Longest answer in tokens.")
+def ask(
+    question: str, tenant: str, collection: str, address: str, top_k: int, max_tokens: int | None
+) -> None:
+    """Ask a question; the answer streams, then its sources."""
+    from services.cli import client
+
+    try:
+        summary = client.ask(
+            address, question, tenant, collection, top_k, max_tokens, lambda t: click.echo(t, nl=False)
+        )
+    except client.ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo()
+    if summary.HasField("verdict"):
+        click.echo(f"[blocked] {summary.verdict.message}")
+    if summary.degraded:
+        click.echo("[degraded] answered without retrieval (a dependency failed); see the router log")
+    for n, c in enumerate(summary.citations, start=1):
+        click.echo(f"[{n}] {c.document_id} (part {c.chunk_index + 1}, score {c.score:.2f})")
+    click.echo(
+        f"({summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} answer tokens, "
+        f"trace {summary.trace_id or '-'})"
+    )
+
+
 @cli.group()
 def model() -> None:
     """Model files: prepare them offline, once."""
@@ -255,7 +353,11 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
         ChildSpec(s, host, DEFAULT_GRPC_PORTS[s] + port_offset, DEFAULT_METRICS_PORTS[s] + port_offset)
         for s in MESH_SERVICES
     ]
-    supervisor = Supervisor(specs, child_env(settings.profile, str(home)), start_timeout_s=start_timeout)
+    env = child_env(settings.profile, str(home))
+    # The router reaches the other services on the ports this mesh uses.
+    for service in ("llm", "embed", "guardrails"):
+        env[f"FORGE_ROUTER_{service.upper()}_ADDRESS"] = f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
+    supervisor = Supervisor(specs, env, start_timeout_s=start_timeout)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -272,6 +374,12 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
                     f"  {spec.service:<11} grpc {host}:{spec.port}   "
                     f"metrics http://{host}:{spec.metrics_port}/metrics"
                 )
+            milvus = os.environ.get("FORGE_ROUTER_MILVUS_URI") or str(home / "milvus" / "forge.db")
+            click.echo(f"  {'milvus':<11} {milvus} (owned by the router)")
+            router = f"{host}:{DEFAULT_GRPC_PORTS['router'] + port_offset}"
+            click.echo(
+                f"Try: forge ingest README.md --router {router}; forge ask 'What is Forge?' --router {router}"
+            )
             click.echo("Ctrl-C stops the mesh.")
         await runner
         ready_wait.cancel()

@@ -72,3 +72,14 @@ def any_llm_server(request: pytest.FixtureRequest) -> ForgeServer:
 async def any_llm_channel(any_llm_server: ForgeServer) -> AsyncIterator[aio.Channel]:
     async with aio.insecure_channel(any_llm_server.address) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+async def guardrails_server() -> AsyncIterator[ForgeServer]:
+    """The real guardrails service with the default policy; heads trained once per checkout."""
+    from services.guardrails.app import GuardrailsApp
+    from services.guardrails.settings import GuardrailsSettings
+
+    app = GuardrailsApp(load_profile("cpu", environ={}), forge_test_home(), GuardrailsSettings(device="cpu"))
+    async with serving(app) as server:
+        yield server

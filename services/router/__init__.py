@@ -1,0 +1,2 @@
+"""The router: admission control and RAG orchestration in front of the LLM, embeddings and
+guardrails services, over Milvus."""

@@ -1,0 +1,77 @@
+"""AdminService: the operator's view of the router — admission capacity and the GPU ledger of
+the whole mesh (every service's slice against its actual use, and who else holds GPU memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from forge.v1 import ops_pb2, router_pb2, router_pb2_grpc
+from grpc import aio
+
+from services.common.gpu import read_gpu_snapshot
+from services.common.ops import gpu_stats_message
+from services.router.admission import AdmissionController
+from services.router.downstream import gpu_stats
+
+log = logging.getLogger(__name__)
+
+Context = aio.ServicerContext[object, object]
+GPU_STATS_TIMEOUT_S = 3.0
+
+
+class AdminServicer(router_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self,
+        profile: str,
+        admission: AdmissionController,
+        service_channels: Callable[[], Mapping[str, aio.Channel]],
+    ) -> None:
+        self._profile = profile
+        self._admission = admission
+        self._service_channels = service_channels
+
+    async def GetCapacity(
+        self, request: router_pb2.GetCapacityRequest, context: Context
+    ) -> router_pb2.GetCapacityResponse:
+        snap = self._admission.snapshot()
+        return router_pb2.GetCapacityResponse(
+            profile=self._profile,
+            max_sessions=snap.max_sessions,
+            active_sessions=snap.active_sessions,
+            queue_enabled=snap.queue_enabled,
+            queue_capacity=snap.queue_capacity,
+            queued_requests=snap.queued_requests,
+            admitted_total=snap.admitted_total,
+            rejected_total=snap.rejected_total,
+            tenants=[
+                router_pb2.TenantUsage(
+                    tenant=t.tenant, active_sessions=t.active_sessions, max_sessions=t.max_sessions
+                )
+                for t in snap.tenants
+            ],
+        )
+
+    async def GetGpuStats(
+        self, request: router_pb2.AdminServiceGetGpuStatsRequest, context: Context
+    ) -> router_pb2.AdminServiceGetGpuStatsResponse:
+        channels = self._service_channels()
+        names = list(channels)
+        answers = await asyncio.gather(
+            *(gpu_stats(channels[n], GPU_STATS_TIMEOUT_S) for n in names), return_exceptions=True
+        )
+        response = router_pb2.AdminServiceGetGpuStatsResponse()
+        service_of_pid = {os.getpid(): "router"}
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, ops_pb2.GetGpuStatsResponse):
+                response.services.append(answer.usage)
+                service_of_pid[answer.usage.pid] = answer.usage.service
+            else:
+                log.warning("GPU stats of %s unavailable: %s", name, answer)
+                response.unreachable_services.append(name)
+        # The device view is read here once, so every process is attributed in one snapshot.
+        snapshot = await asyncio.to_thread(read_gpu_snapshot)
+        response.gpu.CopyFrom(gpu_stats_message(snapshot, service_of_pid))
+        return response

@@ -1,0 +1,135 @@
+"""Wires the router into the server kit: settings -> Milvus, downstream channels, admission ->
+chat and ingest orchestrators -> servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from forge.v1 import router_pb2, router_pb2_grpc
+from grpc import aio
+
+from services.common.config import SkuProfile
+from services.common.errors import Unavailable
+from services.router.admin import AdminServicer
+from services.router.admission import AdmissionController
+from services.router.admission_metrics import register_admission_metrics
+from services.router.chunking import Chunker, ChunkingConfig
+from services.router.downstream import GrpcEmbeddings, GrpcGuardrails, GrpcLlm, open_channel
+from services.router.ingest import Ingestor
+from services.router.rag import ChatOrchestrator
+from services.router.servicer import RouterParts, RouterServicer
+from services.router.settings import RouterSettings
+from services.router.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+ADMIN_SERVICE = router_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+EMBED_PROBE_TIMEOUT_S = 5.0
+
+
+def default_milvus_uri(home: Path) -> str:
+    return str(home / "milvus" / "forge.db")
+
+
+class RouterApp:
+    name = "router"
+
+    def __init__(self, profile: SkuProfile, home: Path, settings: RouterSettings | None = None) -> None:
+        self.profile = profile
+        self.settings = settings or RouterSettings()
+        self.milvus_uri = self.settings.milvus_uri or default_milvus_uri(home)
+        self.admission = AdmissionController(profile.admission)
+        self._parts: RouterParts | None = None
+        self._channels: dict[str, aio.Channel] = {}
+
+    @property
+    def grpc_service_names(self) -> Sequence[str]:
+        return [ROUTER_SERVICE, ADMIN_SERVICE]
+
+    def parts(self) -> RouterParts:
+        if self._parts is None:
+            raise Unavailable("router", "still starting (opening Milvus)")
+        return self._parts
+
+    def register(self, server: aio.Server) -> None:
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(self.parts), server)
+        router_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.profile.name, self.admission, lambda: self._channels), server
+        )
+        register_admission_metrics(self.admission)
+
+    async def load(self) -> None:
+        s = self.settings
+        self._channels = {
+            "llm": open_channel(s.llm_address),
+            "embed": open_channel(s.embed_address),
+            "guardrails": open_channel(s.guardrails_address),
+        }
+        embeddings = GrpcEmbeddings(self._channels["embed"])
+        await self._check_dimension(embeddings)
+        chunker = await asyncio.to_thread(
+            Chunker, ChunkingConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens)
+        )
+        store = await VectorStore.open(
+            self.milvus_uri,
+            s.embedding_dimension,
+            token=s.milvus_token,
+            index_type=s.milvus_index_type,
+            default_collection=s.default_collection,
+        )
+        chat = ChatOrchestrator(
+            s,
+            self.admission,
+            store,
+            embeddings,
+            GrpcGuardrails(self._channels["guardrails"]),
+            GrpcLlm(self._channels["llm"]),
+        )
+        self._parts = RouterParts(chat, Ingestor(s, chunker, embeddings, store), store)
+
+    async def _check_dimension(self, embeddings: GrpcEmbeddings) -> None:
+        """A model with another vector size would fail every search; say so at start. An embed
+        service that is not up yet is not fatal: the router answers UNAVAILABLE until it is."""
+        try:
+            dimension = await embeddings.dimension(EMBED_PROBE_TIMEOUT_S)
+        except aio.AioRpcError as err:
+            log.warning(
+                "embed service not answering at start (%s); assuming dimension %d",
+                err.code().name,
+                self.settings.embedding_dimension,
+            )
+            return
+        if dimension != self.settings.embedding_dimension:
+            raise ValueError(
+                f"the embed service returns {dimension}-dimensional vectors but "
+                f"FORGE_ROUTER_EMBEDDING_DIMENSION is {self.settings.embedding_dimension}"
+            )
+
+    async def close(self) -> None:
+        if self._parts is not None:
+            await self._parts.store.close()
+        for channel in self._channels.values():
+            await channel.close()
+
+    def compute_device(self) -> str:
+        return "cpu"
+
+    def settings_summary(self) -> Mapping[str, str]:
+        s = self.settings
+        a = self.profile.admission
+        return {
+            "milvus_uri": self.milvus_uri,
+            "llm": s.llm_address,
+            "embed": s.embed_address,
+            "guardrails": s.guardrails_address,
+            "max_sessions": str(a.max_sessions),
+            "max_sessions_per_tenant": str(a.max_sessions_per_tenant),
+            "queue_enabled": str(a.queue.enabled).lower(),
+            "default_top_k": str(s.default_top_k),
+            "on_retrieval_failure": s.on_retrieval_failure,
+            "on_guardrails_failure": s.on_guardrails_failure,
+        }

@@ -1,0 +1,245 @@
+"""gRPC clients of the LLM, embeddings and guardrails services, behind the domain ports.
+
+Each call carries the timeout the orchestrator carved from the caller's deadline; gRPC failures
+become domain errors naming the dependency (UNAVAILABLE "llm unavailable: ..."), so the router's
+own error mapping answers the caller with a clear status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+import grpc
+from forge.v1 import (
+    common_pb2,
+    embed_pb2,
+    embed_pb2_grpc,
+    guardrails_pb2,
+    guardrails_pb2_grpc,
+    llm_pb2,
+    llm_pb2_grpc,
+    ops_pb2,
+    ops_pb2_grpc,
+)
+from google.rpc import error_details_pb2, status_pb2
+from grpc import aio
+
+from services.common import telemetry
+from services.common.errors import (
+    DeadlineExceeded,
+    ForgeError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.router.admission import Priority
+from services.router.ports import (
+    Decision,
+    FinishReason,
+    Generated,
+    Message,
+    RailFinding,
+    RailVerdict,
+    Sampling,
+    Stage,
+)
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def open_channel(address: str) -> aio.Channel:
+    """A channel with the tracing interceptors, so the trace continues into the service."""
+    return aio.insecure_channel(
+        address,
+        interceptors=telemetry.client_interceptors(),
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
+def _status_details(err: aio.AioRpcError) -> tuple[float | None, str | None]:
+    """RetryInfo delay and ErrorInfo reason from the error's rich status, when it has them."""
+    retry_after: float | None = None
+    reason: str | None = None
+    for key, value in err.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                retry_after = info.retry_delay.ToNanoseconds() / 1e9
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                error_info = error_details_pb2.ErrorInfo()
+                detail.Unpack(error_info)
+                reason = error_info.reason
+    return retry_after, reason
+
+
+def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None = None) -> ForgeError:
+    """What a failed downstream call means for the router's caller."""
+    code = err.code()
+    details = err.details() or code.name
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {timeout_s:.2f}s" if timeout_s is not None else ""
+        return DeadlineExceeded(f"{dependency} did not answer{within} (the caller's deadline, split)")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after, reason = _status_details(err)
+        return ResourceExhausted(
+            reason or f"{dependency.upper()}_BUSY", f"{dependency}: {details}", retry_after or 1.0
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(dependency, details)
+    return Unavailable(dependency, f"{code.name}: {details}")
+
+
+class GrpcEmbeddings:
+    dependency = "embed"
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = embed_pb2_grpc.EmbedServiceStub(channel)
+
+    async def embed(self, texts: Sequence[str], query: bool, timeout_s: float) -> list[list[float]]:
+        kind = embed_pb2.EMBED_KIND_QUERY if query else embed_pb2.EMBED_KIND_DOCUMENT
+        try:
+            reply = await self._stub.Embed(embed_pb2.EmbedRequest(texts=texts, kind=kind), timeout=timeout_s)
+        except aio.AioRpcError as err:
+            raise domain_error(self.dependency, err, timeout_s) from err
+        return [list(e.values) for e in reply.embeddings]
+
+    async def dimension(self, timeout_s: float) -> int:
+        reply = await self._stub.Embed(
+            embed_pb2.EmbedRequest(texts=["dimension probe"], kind=embed_pb2.EMBED_KIND_QUERY),
+            timeout=timeout_s,
+        )
+        return int(reply.dimension)
+
+
+_STAGES = {
+    Stage.INPUT: guardrails_pb2.STAGE_INPUT,
+    Stage.RETRIEVAL: guardrails_pb2.STAGE_RETRIEVAL,
+    Stage.OUTPUT: guardrails_pb2.STAGE_OUTPUT,
+}
+_DECISIONS = {
+    guardrails_pb2.DECISION_UNSPECIFIED: Decision.ALLOW,
+    guardrails_pb2.DECISION_ALLOW: Decision.ALLOW,
+    guardrails_pb2.DECISION_REDACT: Decision.REDACT,
+    guardrails_pb2.DECISION_BLOCK: Decision.BLOCK,
+}
+
+
+class GrpcGuardrails:
+    dependency = "guardrails"
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = guardrails_pb2_grpc.GuardrailsServiceStub(channel)
+
+    async def check(self, text: str, stage: Stage, timeout_s: float) -> RailVerdict:
+        try:
+            reply = await self._stub.Check(
+                guardrails_pb2.CheckRequest(text=text, stage=_STAGES[stage]), timeout=timeout_s
+            )
+        except aio.AioRpcError as err:
+            raise domain_error(self.dependency, err, timeout_s) from err
+        return RailVerdict(
+            decision=_DECISIONS.get(reply.decision, Decision.BLOCK),
+            findings=tuple(RailFinding(f.rail, f.category, f.score, f.start, f.end) for f in reply.findings),
+            redacted_text=reply.redacted_text,
+        )
+
+
+_FINISH = {
+    common_pb2.FINISH_REASON_STOP: FinishReason.STOP,
+    common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    common_pb2.FINISH_REASON_BLOCKED: FinishReason.BLOCKED,
+}
+_PRIORITIES = {
+    Priority.INTERACTIVE: common_pb2.PRIORITY_INTERACTIVE,
+    Priority.BATCH: common_pb2.PRIORITY_BATCH,
+}
+
+
+def _messages(messages: Sequence[Message]) -> list[common_pb2.ChatMessage]:
+    return [common_pb2.ChatMessage(role=m.role, content=m.content) for m in messages]
+
+
+class GrpcLlm:
+    dependency = "llm"
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = llm_pb2_grpc.LlmServiceStub(channel)
+        self._max_context: int | None = None
+
+    async def max_context_tokens(self, timeout_s: float) -> int:
+        if self._max_context is None:  # a property of the loaded model: ask once
+            try:
+                info = await self._stub.GetModelInfo(llm_pb2.GetModelInfoRequest(), timeout=timeout_s)
+            except aio.AioRpcError as err:
+                raise domain_error(self.dependency, err, timeout_s) from err
+            self._max_context = int(info.max_context_tokens)
+        return self._max_context
+
+    async def _tokenize(self, request: llm_pb2.TokenizeRequest, timeout_s: float) -> int:
+        try:
+            reply = await self._stub.Tokenize(request, timeout=timeout_s)
+        except aio.AioRpcError as err:
+            raise domain_error(self.dependency, err, timeout_s) from err
+        return int(reply.token_count)
+
+    async def count_tokens(self, messages: Sequence[Message], timeout_s: float) -> int:
+        return await self._tokenize(llm_pb2.TokenizeRequest(messages=_messages(messages)), timeout_s)
+
+    async def count_text_tokens(self, text: str, timeout_s: float) -> int:
+        return await self._tokenize(llm_pb2.TokenizeRequest(prompt=text), timeout_s)
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        priority: Priority,
+        request_id: str,
+        timeout_s: float,
+    ) -> AsyncGenerator[Generated, None]:
+        params = common_pb2.SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            stop=sampling.stop,
+            seed=sampling.seed,
+        )
+        call = self._stub.Generate(
+            llm_pb2.GenerateRequest(
+                messages=_messages(messages),
+                params=params,
+                request_id=request_id,
+                priority=_PRIORITIES[priority],
+            ),
+            timeout=timeout_s,
+        )
+        try:
+            async for reply in call:
+                finish = _FINISH.get(reply.finish_reason)
+                yield Generated(
+                    text=reply.text,
+                    finish_reason=finish,
+                    prompt_tokens=reply.usage.prompt_tokens,
+                    completion_tokens=reply.usage.completion_tokens,
+                )
+        except aio.AioRpcError as err:
+            raise domain_error(self.dependency, err, timeout_s) from err
+        finally:
+            # Closing early (a blocked answer, a cancelled caller) must abort the generation.
+            call.cancel()
+
+
+async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
+    stub = ops_pb2_grpc.OpsServiceStub(channel)
+    return await asyncio.wait_for(
+        stub.GetGpuStats(ops_pb2.GetGpuStatsRequest(), timeout=timeout_s), timeout_s
+    )

@@ -1,0 +1,239 @@
+"""gRPC adapters of the router: metadata and messages in, domain calls, messages out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
+from grpc import aio
+from opentelemetry import trace
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.router.admission import Priority
+from services.router.deadline import Deadline
+from services.router.ingest import DocumentInput, Ingestor
+from services.router.ports import Decision, FinishReason, Message, Sampling, Stage
+from services.router.rag import ChatDelta, ChatEnd, ChatInput, ChatOrchestrator, validate_collection
+from services.router.store import StoreUnavailable, VectorStore
+
+TENANT_HEADER = "x-forge-tenant"
+TRACE_ID_HEADER = "x-forge-trace-id"
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+_PRIORITIES: dict[int, Priority] = {
+    common_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
+    common_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    common_pb2.PRIORITY_BATCH: Priority.BATCH,
+}
+_DECISIONS = {
+    Decision.ALLOW: guardrails_pb2.DECISION_ALLOW,
+    Decision.REDACT: guardrails_pb2.DECISION_REDACT,
+    Decision.BLOCK: guardrails_pb2.DECISION_BLOCK,
+}
+_STAGES = {
+    Stage.INPUT: guardrails_pb2.STAGE_INPUT,
+    Stage.RETRIEVAL: guardrails_pb2.STAGE_RETRIEVAL,
+    Stage.OUTPUT: guardrails_pb2.STAGE_OUTPUT,
+}
+_FINISH = {
+    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    FinishReason.BLOCKED: common_pb2.FINISH_REASON_BLOCKED,
+}
+
+Context = aio.ServicerContext[object, object]
+
+
+def tenant_of(context: Context) -> str:
+    """The caller's tenant from metadata; a single-tenant appliance may leave it out."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_HEADER:
+            tenant = value if isinstance(value, str) else value.decode()
+            if not TENANT_PATTERN.match(tenant):
+                raise InvalidArgument(
+                    f"metadata {TENANT_HEADER}", f"must match {TENANT_PATTERN.pattern}, got {tenant[:64]!r}"
+                )
+            return tenant
+    return DEFAULT_TENANT
+
+
+def deadline_of(context: Context) -> Deadline:
+    return Deadline(context.time_remaining())
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def _sampling(params: common_pb2.SamplingParams) -> Sampling:
+    return Sampling(
+        max_tokens=params.max_tokens if params.HasField("max_tokens") else None,
+        temperature=params.temperature if params.HasField("temperature") else None,
+        top_p=params.top_p if params.HasField("top_p") else None,
+        top_k=params.top_k if params.HasField("top_k") else None,
+        stop=tuple(params.stop),
+        seed=params.seed if params.HasField("seed") else None,
+    )
+
+
+def _priority(value: int) -> Priority:
+    priority = _PRIORITIES.get(value)
+    if priority is None:
+        raise InvalidArgument("priority", f"must be PRIORITY_INTERACTIVE or PRIORITY_BATCH, got {value}")
+    return priority
+
+
+def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
+    summary = router_pb2.ChatSummary(
+        citations=[
+            router_pb2.Citation(document_id=c.document_id, chunk_index=c.chunk_index, score=c.score)
+            for c in end.citations
+        ],
+        usage=common_pb2.Usage(prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens),
+        trace_id=trace_id,
+        degraded=end.degraded,
+        finish_reason=_FINISH[end.finish_reason],
+    )
+    if end.verdict is not None:
+        v = end.verdict
+        summary.verdict.CopyFrom(
+            router_pb2.Verdict(
+                decision=_DECISIONS[v.decision],
+                stage=_STAGES[v.stage],
+                findings=[
+                    guardrails_pb2.Finding(
+                        rail=f.rail, category=f.category, score=f.score, start=f.start, end=f.end
+                    )
+                    for f in v.findings
+                ],
+                message=v.message,
+            )
+        )
+    return summary
+
+
+@dataclass(frozen=True)
+class RouterParts:
+    chat: ChatOrchestrator
+    ingestor: Ingestor
+    store: VectorStore
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """`parts` exist once the router has loaded (Milvus open); before that health says NOT_SERVING
+    and a call that comes anyway gets UNAVAILABLE."""
+
+    def __init__(self, parts: Callable[[], RouterParts]) -> None:
+        self._parts = parts
+
+    @property
+    def _chat(self) -> ChatOrchestrator:
+        return self._parts().chat
+
+    @property
+    def _ingestor(self) -> Ingestor:
+        return self._parts().ingestor
+
+    @property
+    def _store(self) -> VectorStore:
+        return self._parts().store
+
+    async def Chat(
+        self, request: router_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[router_pb2.ChatResponse]:
+        tenant = tenant_of(context)
+        chat = ChatInput(
+            messages=tuple(Message(m.role, m.content) for m in request.messages),
+            collection=request.collection,
+            top_k=request.top_k,
+            sampling=_sampling(request.params),
+            priority=_priority(request.priority),
+            disable_retrieval=request.disable_retrieval,
+        )
+        trace_id = current_trace_id()
+        await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
+        async for event in self._chat.chat(tenant, chat, deadline_of(context)):
+            if isinstance(event, ChatDelta):
+                yield router_pb2.ChatResponse(delta=event.text)
+            else:
+                yield router_pb2.ChatResponse(summary=_summary(event, trace_id))
+
+    async def Search(self, request: router_pb2.SearchRequest, context: Context) -> router_pb2.SearchResponse:
+        chunks = await self._chat.search(
+            tenant_of(context), request.query, request.collection, request.top_k, deadline_of(context)
+        )
+        return router_pb2.SearchResponse(
+            hits=[
+                router_pb2.SearchHit(
+                    document_id=c.document_id,
+                    chunk_index=c.chunk_index,
+                    score=c.score,
+                    text=c.text,
+                    metadata=c.metadata,
+                )
+                for c in chunks
+            ]
+        )
+
+    async def Ingest(
+        self, request_iterator: AsyncIterator[router_pb2.IngestRequest], context: Context
+    ) -> AsyncIterator[router_pb2.IngestResponse]:
+        tenant = tenant_of(context)
+        deadline = deadline_of(context)
+        default = self._chat.settings.default_collection
+        touched: set[str] = set()
+        documents = chunks = 0
+        async for request in request_iterator:
+            if not request.HasField("document"):
+                raise InvalidArgument("document", f"is required (message {documents + 1} of the stream)")
+            collection = validate_collection(request.collection, default)
+            doc = request.document
+            stored = await self._ingestor.ingest(
+                tenant, collection, DocumentInput(doc.id, doc.text, dict(doc.metadata)), deadline
+            )
+            touched.add(collection)
+            documents += 1
+            chunks += stored.chunk_count
+            yield router_pb2.IngestResponse(
+                document_id=stored.document_id,
+                chunk_count=stored.chunk_count,
+                documents_ingested=documents,
+                chunks_ingested=chunks,
+            )
+        # The stream ends OK only once everything is durable.
+        await self._ingestor.flush(touched)
+
+    async def DeleteDocuments(
+        self, request: router_pb2.DeleteDocumentsRequest, context: Context
+    ) -> router_pb2.DeleteDocumentsResponse:
+        tenant = tenant_of(context)
+        collection = validate_collection(request.collection, self._chat.settings.default_collection)
+        if not request.document_ids:
+            raise InvalidArgument("document_ids", "must name at least one document")
+        for i, doc_id in enumerate(request.document_ids):
+            if not doc_id.strip():
+                raise InvalidArgument(f"document_ids[{i}]", "must not be empty")
+        try:
+            documents, chunks = await self._store.delete_documents(
+                tenant, collection, list(request.document_ids)
+            )
+        except StoreUnavailable as exc:
+            raise Unavailable("milvus", str(exc)) from exc
+        return router_pb2.DeleteDocumentsResponse(deleted_documents=documents, deleted_chunks=chunks)
+
+    async def ListCollections(
+        self, request: router_pb2.ListCollectionsRequest, context: Context
+    ) -> router_pb2.ListCollectionsResponse:
+        try:
+            collections = await self._store.list_collections(tenant_of(context))
+        except StoreUnavailable as exc:
+            raise Unavailable("milvus", str(exc)) from exc
+        return router_pb2.ListCollectionsResponse(
+            collections=[
+                router_pb2.CollectionInfo(name=name, chunk_count=count) for name, count in collections
+            ]
+        )

@@ -1,0 +1,67 @@
+"""Router settings (environment: FORGE_ROUTER_<NAME>)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import DEFAULT_GRPC_PORTS
+
+
+def _local(service: str) -> str:
+    return f"127.0.0.1:{DEFAULT_GRPC_PORTS[service]}"
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FORGE_ROUTER_", extra="forbid")
+
+    # Downstream services (host:port). `forge up` sets them to the ports it started.
+    llm_address: str = _local("llm")
+    embed_address: str = _local("embed")
+    guardrails_address: str = _local("guardrails")
+    # Milvus: a local path ending in .db = Milvus Lite owned by this process
+    # ("" = FORGE_HOME/milvus/forge.db), or a server / cluster URI such as http://milvus:19530.
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    # FLAT is exact and the only sensible choice in Lite; a server can use AUTOINDEX or HNSW.
+    milvus_index_type: str = "FLAT"
+    default_collection: str = "default"
+    # Vector size of the embeddings model; checked against the embed service at start when it answers.
+    embedding_dimension: Annotated[int, Field(ge=1)] = 384
+
+    # Retrieval.
+    default_top_k: Annotated[int, Field(ge=1)] = 4
+    max_top_k: Annotated[int, Field(ge=1)] = 32
+    # fail = UNAVAILABLE naming the dependency; degrade = answer without context, summary says degraded.
+    on_retrieval_failure: Literal["fail", "degrade"] = "degrade"
+    # Guardrails: fail closed (UNAVAILABLE) or open (answer unchecked, summary says degraded).
+    on_guardrails_failure: Literal["fail", "degrade"] = "fail"
+    guardrails_enabled: bool = True
+
+    # Generation defaults and limits.
+    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    max_messages: Annotated[int, Field(ge=1)] = 64
+    max_message_chars: Annotated[int, Field(ge=1)] = 16384
+    system_prompt: str = (
+        "You are a helpful assistant. Answer the question using the context documents when they are "
+        "relevant, and say so when they do not contain the answer."
+    )
+    # Output rail: text is released in segments ending at a sentence or line break; a segment is
+    # cut at this many characters when no break comes.
+    output_segment_chars: Annotated[int, Field(ge=16)] = 320
+
+    # Share of the caller's remaining deadline each stage before generation may use; the LLM gets
+    # whatever is left. Without a caller deadline, each stage gets its cap.
+    pre_generation_deadline_share: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    stage_timeout_cap_s: Annotated[float, Field(gt=0)] = 10.0
+    # Generation without a caller deadline is still bounded.
+    generation_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+    # Ingestion.
+    chunk_max_tokens: Annotated[int, Field(ge=16, le=256)] = 200
+    chunk_overlap_tokens: Annotated[int, Field(ge=0)] = 32
+    max_document_chars: Annotated[int, Field(ge=1)] = 2_000_000
+    max_document_id_chars: Annotated[int, Field(ge=1, le=512)] = 256
+    embed_batch_size: Annotated[int, Field(ge=1, le=256)] = 64
