@@ -1,5 +1,7 @@
-"""README's run command: `forge up` brings the mesh up health-gated, restarts a crashed service,
-and stops everything cleanly on Ctrl-C."""
+"""README's run command: `forge up` brings the whole mesh up health-gated (llm, embed, guardrails,
+router with Milvus Lite); `forge ingest` and `forge ask` answer from the ingested documents with
+citations; a crashed service is restarted (the router with its Milvus Lite data intact); Ctrl-C
+stops everything cleanly."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -70,6 +73,22 @@ async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: f
             return lines
 
 
+async def forge_cli(*args: str, timeout_s: float = 180) -> str:
+    """Run a `forge` client command; its stdout, after asserting it succeeded."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode == 0, f"forge {' '.join(args)} failed: {err.decode()[-2000:]}"
+    return out.decode()
+
+
 async def embed_pid(address: str) -> int:
     async with aio.insecure_channel(address) as channel:
         info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(ops_pb2.GetInfoRequest(), timeout=10)
@@ -78,11 +97,40 @@ async def embed_pid(address: str) -> int:
 
 # From cold (fresh clone) the mesh converts the model and trains the guardrail heads first.
 @pytest.mark.timeout(900)
-async def test_forge_up_serves_restarts_and_stops(mesh: tuple[asyncio.subprocess.Process, int]) -> None:
+async def test_forge_up_serves_restarts_and_stops(
+    mesh: tuple[asyncio.subprocess.Process, int], tmp_path: Path
+) -> None:
     proc, offset = mesh
     banner = await read_until(proc, "Ctrl-C stops the mesh")
     address = f"127.0.0.1:{DEFAULT_GRPC_PORTS['embed'] + offset}"
+    router = f"127.0.0.1:{DEFAULT_GRPC_PORTS['router'] + offset}"
     assert any(f"embed       grpc {address}" in line for line in banner)
+    assert any(f"router      grpc {router}" in line for line in banner)
+
+    # A user's first session: ingest files, ask about them, get the answer with its source.
+    vault = "# The Zephyr vault\n\nThe access code for the Zephyr vault is 4417.\n"
+    (tmp_path / "zephyr.md").write_text(vault)
+    (tmp_path / "fern.txt").write_text("The Blue Fern greenhouse waters its orchids every Tuesday.\n")
+    tenant = f"e2e-{offset}"
+    ingested = await forge_cli("ingest", str(tmp_path), "--router", router, "--tenant", tenant)
+    assert "ingested 2 documents" in ingested
+    question = "What is the access code for the Zephyr vault?"
+    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant, "--max-tokens", "32")
+    assert "4417" in answer and "[1] zephyr.md" in answer, answer
+
+    # The router crashes; `forge up` restarts it and its Milvus Lite data is still there.
+    router_pid = await embed_pid(router)
+    os.kill(router_pid, signal.SIGKILL)
+
+    async def router_restarted() -> None:
+        while True:
+            await wait_serving(router, timeout_s=120)
+            if await embed_pid(router) != router_pid:
+                return
+
+    await asyncio.wait_for(router_restarted(), 180)
+    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant, "--max-tokens", "32")
+    assert "[1] zephyr.md" in answer, answer
 
     async with aio.insecure_channel(address) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from services.common.config import AdmissionConfig, QueueConfig, load_profile
 from services.common.server import ForgeServer
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings
-from tests.helpers import free_port, serving, wait_until
+from tests.helpers import free_port, grpcurl, serving, wait_until
 
 DOCUMENTS = {
     "zephyr.md": "# The Zephyr vault\n\nThe access code for the Zephyr vault is 4417. "
@@ -61,11 +62,17 @@ async def router_stub(app: RouterApp) -> AsyncIterator[tuple[router_pb2_grpc.Rou
 
 
 @pytest.fixture(scope="module")
-async def router(
+async def router_server(
     mesh: dict[str, ForgeServer], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, Any]]:
-    async with router_stub(router_app(mesh, tmp_path_factory.mktemp("router-home"))) as stubs:
-        yield stubs
+) -> AsyncIterator[ForgeServer]:
+    async with serving(router_app(mesh, tmp_path_factory.mktemp("router-home"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def router(router_server: ForgeServer) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, Any]]:
+    async with aio.insecure_channel(router_server.address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel), router_pb2_grpc.AdminServiceStub(channel)
 
 
 def tenant(name: str) -> tuple[tuple[str, str]]:
@@ -317,3 +324,41 @@ async def test_retrieval_failure_degrades_or_fails_by_policy(
                     await answer(call)
                 assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert (failure.value.details() or "").startswith("embed unavailable")
+
+
+async def test_operators_drive_the_router_with_grpcurl(router: Any, router_server: ForgeServer) -> None:
+    stub, _ = router
+    await ingest(stub, "ops", {"zephyr.md": DOCUMENTS["zephyr.md"]})
+    address, header = router_server.address, "x-forge-tenant: ops"
+    body = json.dumps({"query": "Zephyr vault access code", "top_k": 2})
+    out = await grpcurl("-plaintext", "-H", header, "-d", body, address, "forge.v1.RouterService/Search")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["hits"][0]["document_id"] == "zephyr.md", out.stdout
+
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "What is the access code for the Zephyr vault?"}],
+            "params": {"maxTokens": 16, "temperature": 0},
+        }
+    )
+    out = await grpcurl("-plaintext", "-H", header, "-d", body, address, "forge.v1.RouterService/Chat")
+    assert out.returncode == 0, out.stderr
+    messages = [json.loads(m) for m in out.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert messages[-1]["summary"]["citations"][0]["document_id"] == "zephyr.md"
+    assert all("delta" in m for m in messages[:-1])
+
+    out = await grpcurl("-plaintext", address, "forge.v1.AdminService/GetCapacity")
+    capacity = json.loads(out.stdout)
+    assert capacity["profile"] == "cpu" and capacity["max_sessions"] == 4
+    assert set(capacity["rejected_total"]) == {"SESSION_LIMIT", "TENANT_QUOTA", "QUEUE_FULL", "QUEUE_TIMEOUT"}
+
+    out = await grpcurl(
+        "-plaintext", "-d", '{"messages": [], "top_k": 999}', address, "forge.v1.RouterService/Chat"
+    )
+    assert out.returncode == 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "messages: must hold at least one message" in out.stderr
+
+    out = await grpcurl("-plaintext", address, "forge.v1.AdminService/GetGpuStats")
+    ledger = json.loads(out.stdout)
+    assert ledger["gpu"].get("gpu_available", False) is False and ledger["gpu"]["detail"]
+    assert {s["service"] for s in ledger["services"]} == {"llm", "embed", "guardrails"}

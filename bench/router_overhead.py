@@ -1,0 +1,495 @@
+"""Router overhead: a grounded chat through the router vs the same stages called directly by the
+client, same run, same mesh, same prompt and sampling (so the LLM work is identical).
+
+The mesh (llm, embed, guardrails, router) runs as separate `forge serve` processes; this process is
+the client. Documents are ingested through the router (tenant "bench") and, for the direct path,
+into this process's own Milvus Lite file with the router's own chunker and the embed service.
+
+- router: RouterService/Chat (greedy, small max_tokens, top_k), timed to the summary message.
+- direct: what the router does, from the client: Guardrails Check(INPUT) and Embed(query)
+  concurrently -> Milvus search -> Check(RETRIEVAL) per chunk concurrently -> Tokenize the
+  assembled messages (services.router.prompt.assemble) -> Generate -> Check(OUTPUT) per segment of
+  the answer (the router's own Segmenter, so the same checks are made).
+- router, sampler off (optional, --tracing-arm): a second router with OTEL_TRACES_SAMPLER=always_off,
+  its own Lite file; the difference to `router` is the cost of recording spans with no exporter
+  (the default), in the router and, through the propagated unsampled context, in the services.
+
+Sequential phase: one client, requests interleaved across the arms (rotating order), after warm-up.
+Concurrent phase: N clients, a fixed number of requests per arm in blocks, rotating order per round.
+Reports router added latency (router minus direct, per percentile, and the median of the paired
+differences) and the throughput ratio (router req/s / direct req/s). Target, reported not asserted:
+the router adds <= 2 ms p50.
+
+    python bench/router_overhead.py [--requests 40] [--clients 4] [--concurrent-requests 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _mesh import DEFAULT_HOME, Mesh, install_stop_signals, model_line, percentile
+from forge.v1 import (
+    common_pb2,
+    embed_pb2,
+    embed_pb2_grpc,
+    guardrails_pb2,
+    guardrails_pb2_grpc,
+    llm_pb2,
+    llm_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from grpc import aio
+
+from services.router.budget import context_budget
+from services.router.chunking import Chunker, ChunkingConfig
+from services.router.ingest import DocumentInput
+from services.router.output_rail import Segmenter
+from services.router.ports import Message
+from services.router.prompt import ContextChunk, assemble
+from services.router.settings import RouterSettings
+from services.router.store import ChunkRecord, VectorStore
+
+TENANT = "bench"
+METADATA = (("x-forge-tenant", TENANT),)
+TARGET_P50_MS = 2.0
+CALL_TIMEOUT_S = 30.0
+QUESTION = "What is the access code for the Zephyr vault?"
+DOCUMENTS = {
+    "zephyr.md": "# The Zephyr vault\n\nThe access code for the Zephyr vault is 4417. Only the night "
+    "shift at Harrowgate station may open the Zephyr vault, and every opening is logged by hand.",
+    "quillmouth.txt": "The Port of Quillmouth handles 83 cargo ships per day. Its harbour master is "
+    "a woman called Ona Brisk, who has held the post since 2019.",
+    "fern.txt": "The Blue Fern greenhouse waters its orchids every Tuesday at seven in the morning, "
+    "using rainwater collected from the roof.",
+    "harrowgate.txt": "Harrowgate station runs three shifts. The night shift starts at 22:00 and is "
+    "led by Idris Vane; it keeps the keys of the Zephyr vault and the east archive.",
+    "archive.txt": "The east archive of Harrowgate holds maintenance manuals for the tidal pumps. "
+    "Manuals older than ten years are scanned and the paper copies sent to Quillmouth.",
+    "pumps.txt": "Each tidal pump at Harrowgate is serviced every 90 days. A serviced pump gets a "
+    "green tag with the date and the technician's initials.",
+}
+
+Arm = Callable[[], Awaitable["Result"]]
+
+
+@dataclass(frozen=True)
+class Result:
+    seconds: float
+    text: str
+    sources: tuple[tuple[str, int], ...]
+    stages: tuple[tuple[str, float], ...] = ()  # direct path only: (stage, seconds) in order
+
+
+@dataclass
+class Samples:
+    sequential: list[Result] = field(default_factory=list)
+    concurrent: list[Result] = field(default_factory=list)
+    concurrent_wall_s: float = 0.0
+
+    def ms(self, phase: str) -> list[float]:
+        return [r.seconds * 1000 for r in getattr(self, phase)]
+
+    @property
+    def rate(self) -> float:
+        return len(self.concurrent) / self.concurrent_wall_s if self.concurrent_wall_s else float("nan")
+
+
+def chat_request(max_tokens: int, top_k: int) -> router_pb2.ChatRequest:
+    return router_pb2.ChatRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
+        params=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        top_k=top_k,
+    )
+
+
+def router_arm(stub: router_pb2_grpc.RouterServiceStub, request: router_pb2.ChatRequest) -> Arm:
+    async def chat() -> Result:
+        started = time.perf_counter()
+        elapsed = None
+        text: list[str] = []
+        sources: tuple[tuple[str, int], ...] = ()
+        async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
+            if reply.HasField("summary"):
+                elapsed = time.perf_counter() - started
+                summary = reply.summary
+                if summary.HasField("verdict") or summary.degraded:
+                    raise RuntimeError(f"router chat blocked or degraded: {summary}")
+                sources = tuple((c.document_id, c.chunk_index) for c in summary.citations)
+            else:
+                text.append(reply.delta)
+        if elapsed is None:
+            raise RuntimeError("router chat ended without a summary")
+        return Result(elapsed, "".join(text), sources)
+
+    return chat
+
+
+class Direct:
+    """The router's chat, done by the client against the services and its own Milvus Lite file."""
+
+    def __init__(
+        self,
+        channels: dict[str, aio.Channel],
+        store: VectorStore,
+        settings: RouterSettings,
+        max_tokens: int,
+        top_k: int,
+    ) -> None:
+        self.guard = guardrails_pb2_grpc.GuardrailsServiceStub(channels["guardrails"])
+        self.embed = embed_pb2_grpc.EmbedServiceStub(channels["embed"])
+        self.llm = llm_pb2_grpc.LlmServiceStub(channels["llm"])
+        self.store = store
+        self.settings = settings
+        self.max_tokens = max_tokens
+        self.top_k = top_k
+
+    async def check(self, text: str, stage: int) -> guardrails_pb2.CheckResponse:
+        reply = await self.guard.Check(
+            guardrails_pb2.CheckRequest(text=text, stage=stage), timeout=CALL_TIMEOUT_S
+        )
+        if reply.decision == guardrails_pb2.DECISION_BLOCK:
+            raise RuntimeError(f"direct path: {guardrails_pb2.Stage.Name(stage)} rail blocked {text[:60]!r}")
+        return reply
+
+    async def ingest(self, chunker: Chunker, documents: dict[str, str]) -> int:
+        total = 0
+        for doc_id, text in documents.items():
+            doc = DocumentInput(doc_id, text, {})
+            chunks = chunker.chunk(doc.text, doc.markdown)
+            reply = await self.embed.Embed(
+                embed_pb2.EmbedRequest(texts=[c.text for c in chunks], kind=embed_pb2.EMBED_KIND_DOCUMENT),
+                timeout=CALL_TIMEOUT_S,
+            )
+            records = [
+                ChunkRecord(doc_id, c.index, c.text, list(e.values), {})
+                for c, e in zip(chunks, reply.embeddings, strict=True)
+            ]
+            total += await self.store.replace_document(
+                TENANT, self.settings.default_collection, doc_id, records
+            )
+        await self.store.flush(self.settings.default_collection)
+        return total
+
+    async def chat(self) -> Result:
+        s = self.settings
+        started = mark = time.perf_counter()
+        stages: list[tuple[str, float]] = []
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            stages.append((stage, now - mark))
+            mark = now
+
+        _, embedded = await asyncio.gather(
+            self.check(QUESTION, guardrails_pb2.STAGE_INPUT),
+            self.embed.Embed(
+                embed_pb2.EmbedRequest(texts=[QUESTION], kind=embed_pb2.EMBED_KIND_QUERY),
+                timeout=CALL_TIMEOUT_S,
+            ),
+        )
+        lap("input rail + query embedding")
+        hits = await self.store.search(
+            TENANT, s.default_collection, list(embedded.embeddings[0].values), self.top_k, timeout_s=10.0
+        )
+        lap("Milvus Lite search")
+        verdicts = await asyncio.gather(*(self.check(h.text, guardrails_pb2.STAGE_RETRIEVAL) for h in hits))
+        lap(f"retrieval rail ({len(hits)} chunks)")
+        chunks = [
+            ContextChunk(h.document_id, h.chunk_index, h.score, v.redacted_text or h.text, h.metadata)
+            for h, v in zip(hits, verdicts, strict=True)
+        ]
+        messages = [
+            common_pb2.ChatMessage(role=m.role, content=m.content)
+            for m in assemble(s.system_prompt, [Message("user", QUESTION)], chunks)
+        ]
+        counted = await self.llm.Tokenize(llm_pb2.TokenizeRequest(messages=messages), timeout=CALL_TIMEOUT_S)
+        if counted.token_count > context_budget(counted.max_context_tokens, self.max_tokens):
+            raise RuntimeError(f"direct path: prompt of {counted.token_count} tokens does not fit")
+        lap(f"tokenize ({counted.token_count} prompt tokens)")
+        stream = self.llm.Generate(
+            llm_pb2.GenerateRequest(
+                messages=messages,
+                params=common_pb2.SamplingParams(max_tokens=self.max_tokens, temperature=0.0),
+                request_id=uuid.uuid4().hex,
+                priority=common_pb2.PRIORITY_INTERACTIVE,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        segmenter = Segmenter(s.output_segment_chars)
+        answer: list[str] = []
+        first = True
+        async for piece in stream:
+            if first:
+                lap("generate: first token")
+                first = False
+            segments = segmenter.feed(piece.text)
+            if piece.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED:
+                segments.append(segmenter.flush())
+                lap(f"generate: other {max(0, piece.usage.completion_tokens - 1)} tokens")
+            for segment in segments:
+                if segment:
+                    verdict = await self.check(segment, guardrails_pb2.STAGE_OUTPUT)
+                    answer.append(verdict.redacted_text or segment)
+        lap("output rail")
+        elapsed = time.perf_counter() - started
+        sources = tuple((c.document_id, c.chunk_index) for c in chunks)
+        return Result(elapsed, "".join(answer), sources, tuple(stages))
+
+
+async def ingest_via_router(stub: router_pb2_grpc.RouterServiceStub, documents: dict[str, str]) -> int:
+    requests = [
+        router_pb2.IngestRequest(document=router_pb2.Document(id=i, text=t)) for i, t in documents.items()
+    ]
+    replies = [r async for r in stub.Ingest(iter(requests), metadata=METADATA, timeout=120)]
+    return int(replies[-1].chunks_ingested)
+
+
+async def sequential(arms: dict[str, Arm], samples: dict[str, Samples], n: int) -> list[list[float]]:
+    """Each iteration runs every arm once, in an order rotated per iteration; returns the per-iteration
+    latencies (ms) in arm order, for paired differences."""
+    names = list(arms)
+    paired = []
+    for i in range(n):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        got = {}
+        for name in order:
+            result = await arms[name]()
+            samples[name].sequential.append(result)
+            got[name] = result.seconds * 1000
+        paired.append([got[name] for name in names])
+    return paired
+
+
+async def concurrent(
+    arms: dict[str, Arm], samples: dict[str, Samples], clients: int, requests: int, rounds: int
+) -> None:
+    """`requests` per arm in `rounds` blocks; within a block `clients` callers drain a shared count."""
+    names = list(arms)
+    per_block = [requests // rounds + (1 if r < requests % rounds else 0) for r in range(rounds)]
+    for r, count in enumerate(per_block):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            left = count
+
+            async def caller(name: str = name) -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    samples[name].concurrent.append(await arms[name]())
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(clients)))
+            samples[name].concurrent_wall_s += time.perf_counter() - started
+
+
+def signed(value: float) -> str:
+    return f"{value:+.1f}"
+
+
+def report(
+    args: argparse.Namespace,
+    env_line: str,
+    samples: dict[str, Samples],
+    paired: list[list[float]],
+    chunks: tuple[int, int],
+) -> None:
+    names = list(samples)
+    direct, router = samples["direct"], samples["router"]
+    print(
+        f"\n## Router overhead: chat through the router vs the same stages called by the client\n\n"
+        f"question {QUESTION!r}, top_k {args.top_k}, greedy, max_tokens {args.max_tokens}; "
+        f"{len(DOCUMENTS)} documents ({chunks[0]} chunks via router, {chunks[1]} direct), "
+        f"tenant {TENANT!r}; {args.warmup} warm-up per arm\n"
+    )
+    print("| phase | path | requests | p50 ms | p99 ms | mean ms | req/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for phase, label in (
+        ("sequential", "sequential, 1 client"),
+        ("concurrent", f"concurrent, {args.clients} clients"),
+    ):
+        for name in names:
+            ms = samples[name].ms(phase)
+            if not ms:
+                continue
+            rate = samples[name].rate if phase == "concurrent" else len(ms) / (sum(ms) / 1000)
+            print(
+                f"| {label} | {name} | {len(ms)} | {percentile(ms, 50):.1f} | {percentile(ms, 99):.1f} | "
+                f"{statistics.fmean(ms):.1f} | {rate:.2f} |"
+            )
+
+    col = {name: i for i, name in enumerate(names)}
+    d_seq, r_seq = direct.ms("sequential"), router.ms("sequential")
+    added_p50 = percentile(r_seq, 50) - percentile(d_seq, 50)
+    verdict = "meets" if added_p50 <= TARGET_P50_MS else "MISSES"
+    rows: list[tuple[str, str, str]] = [
+        ("router added latency p50, 1 client (ms)", signed(added_p50), f"<= {TARGET_P50_MS:g} ({verdict})"),
+        (
+            "router added latency p99, 1 client (ms)",
+            signed(percentile(r_seq, 99) - percentile(d_seq, 99)),
+            "",
+        ),
+        (
+            "median of paired differences router - direct, 1 client (ms)",
+            signed(statistics.median(row[col["router"]] - row[col["direct"]] for row in paired)),
+            "",
+        ),
+    ]
+    if router.concurrent and direct.concurrent:
+        d_c, r_c = direct.ms("concurrent"), router.ms("concurrent")
+        c = args.clients
+        rows += [
+            (
+                f"router added latency p50, {c} clients (ms)",
+                signed(percentile(r_c, 50) - percentile(d_c, 50)),
+                "",
+            ),
+            (
+                f"router added latency p99, {c} clients (ms)",
+                signed(percentile(r_c, 99) - percentile(d_c, 99)),
+                "",
+            ),
+            (f"throughput ratio router / direct, {c} clients", f"{router.rate / direct.rate:.3f}", ""),
+        ]
+    off_name = "router, sampler off"
+    if off_name in samples:
+        off = samples[off_name]
+        rows += [
+            (
+                "tracing cost p50, 1 client: router - router with sampler off (ms)",
+                signed(percentile(r_seq, 50) - percentile(off.ms("sequential"), 50)),
+                "",
+            ),
+            (
+                "tracing cost, median of paired differences, 1 client (ms)",
+                signed(statistics.median(row[col["router"]] - row[col[off_name]] for row in paired)),
+                "",
+            ),
+        ]
+        if off.concurrent and router.concurrent:
+            rows.append(
+                (
+                    f"throughput ratio router / sampler off, {args.clients} clients",
+                    f"{router.rate / off.rate:.3f}",
+                    "",
+                )
+            )
+    print("\n| metric | value | target |")
+    print("|---|---:|---|")
+    for metric, value, target in rows:
+        print(f"| {metric} | {value} | {target} |")
+
+    print("\n| direct path stage (sequential) | p50 ms | mean ms |")
+    print("|---|---:|---:|")
+    for i, (stage, _) in enumerate(direct.sequential[0].stages):
+        ms = [r.stages[i][1] * 1000 for r in direct.sequential if len(r.stages) > i]
+        print(f"| {stage} | {percentile(ms, 50):.1f} | {statistics.fmean(ms):.1f} |")
+
+    pairs = list(zip(router.sequential, direct.sequential, strict=True))
+    same_text = sum(r.text == d.text for r, d in pairs)
+    same_sources = sum(r.sources == d.sources for r, d in pairs)
+    print(
+        f"\nsanity (sequential): identical answers {same_text}/{len(pairs)}, identical citations "
+        f"{same_sources}/{len(pairs)}; answer {router.sequential[0].text!r}"
+    )
+    print(env_line)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=40, help="sequential requests per arm")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up requests per arm")
+    parser.add_argument("--clients", type=int, default=4, help="callers in the concurrent phase")
+    parser.add_argument(
+        "--concurrent-requests", type=int, default=32, help="concurrent-phase requests per arm"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="concurrent-phase blocks per arm")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument(
+        "--tracing-arm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run a router with OTEL_TRACES_SAMPLER=always_off",
+    )
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FORGE_HOME with the model prepared")
+    args = parser.parse_args()
+    install_stop_signals()
+
+    settings = RouterSettings()
+    request = chat_request(args.max_tokens, args.top_k)
+    with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
+        workdir = Path(tmp)
+        channels: dict[str, aio.Channel] = {}
+        store: VectorStore | None = None
+        async with Mesh(workdir, args.home) as mesh:
+            try:
+                started = time.perf_counter()
+                llm, embed, guardrails = await mesh.start_backends()
+                chunker = await asyncio.to_thread(
+                    Chunker, ChunkingConfig(settings.chunk_max_tokens, settings.chunk_overlap_tokens)
+                )
+                store = await VectorStore.open(
+                    str(workdir / "direct.db"), settings.embedding_dimension, default_collection="default"
+                )
+                await mesh.ready(embed)
+                routers = {
+                    "router": await mesh.start("router", "router", mesh.router_env(workdir / "router.db"))
+                }
+                if args.tracing_arm:
+                    routers["router, sampler off"] = await mesh.start(
+                        "router-notrace",
+                        "router",
+                        mesh.router_env(workdir / "notrace.db", {"OTEL_TRACES_SAMPLER": "always_off"}),
+                    )
+                for service in (guardrails, *routers.values(), llm):
+                    await mesh.ready(service)
+                print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                for name in ("llm", "embed", "guardrails"):
+                    channels[name] = aio.insecure_channel(mesh.services[name].address)
+                direct = Direct(channels, store, settings, args.max_tokens, args.top_k)
+                arms: dict[str, Arm] = {}
+                chunk_counts = []
+                for name, service in routers.items():
+                    channels[name] = aio.insecure_channel(service.address)
+                    stub = router_pb2_grpc.RouterServiceStub(channels[name])
+                    chunk_counts.append(await ingest_via_router(stub, DOCUMENTS))
+                    arms[name] = router_arm(stub, request)
+                direct_chunks = await direct.ingest(chunker, DOCUMENTS)
+                arms["direct"] = direct.chat
+                names = ["direct", *routers]
+                arms = {name: arms[name] for name in names}
+                samples = {name: Samples() for name in names}
+
+                for _ in range(args.warmup):
+                    for arm in arms.values():
+                        await arm()
+                print("sequential phase", file=sys.stderr)
+                paired = await sequential(arms, samples, args.requests)
+                if args.concurrent_requests > 0:
+                    print("concurrent phase", file=sys.stderr)
+                    await concurrent(arms, samples, args.clients, args.concurrent_requests, args.rounds)
+                env_line = await model_line(llm.address)
+            finally:
+                for channel in channels.values():
+                    await channel.close()
+                if store is not None:
+                    await store.close()
+    report(args, env_line, samples, paired, (chunk_counts[0], direct_chunks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
