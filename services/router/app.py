@@ -17,8 +17,9 @@ from services.router.admin import AdminServicer
 from services.router.admission import AdmissionController
 from services.router.admission_metrics import register_admission_metrics
 from services.router.chunking import Chunker, ChunkingConfig
-from services.router.downstream import GrpcEmbeddings, GrpcGuardrails, GrpcLlm, open_channel
+from services.router.downstream import GrpcEmbeddings, GrpcGuardrails, open_channel
 from services.router.ingest import Ingestor
+from services.router.llm_pool import LlmPool, parse_addresses
 from services.router.rag import ChatOrchestrator
 from services.router.servicer import RouterParts, RouterServicer
 from services.router.settings import RouterSettings
@@ -45,10 +46,20 @@ class RouterApp:
         self.admission = AdmissionController(profile.admission)
         self._parts: RouterParts | None = None
         self._channels: dict[str, aio.Channel] = {}
+        self._llm: LlmPool | None = None
 
     @property
     def grpc_service_names(self) -> Sequence[str]:
         return [ROUTER_SERVICE, ADMIN_SERVICE]
+
+    def _service_channels(self) -> dict[str, aio.Channel]:
+        """Every downstream process, for the GPU ledger: each LLM replica on its own."""
+        channels = dict(self._channels)
+        if self._llm is not None:
+            replicas = self._llm.replicas
+            for r in replicas:
+                channels["llm" if len(replicas) == 1 else f"llm@{r.address}"] = r.channel
+        return channels
 
     def parts(self) -> RouterParts:
         if self._parts is None:
@@ -58,14 +69,16 @@ class RouterApp:
     def register(self, server: aio.Server) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(self.parts), server)
         router_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.profile.name, self.admission, lambda: self._channels), server
+            AdminServicer(self.profile.name, self.admission, self._service_channels), server
         )
         register_admission_metrics(self.admission)
 
     async def load(self) -> None:
         s = self.settings
+        self._llm = LlmPool(
+            parse_addresses(s.llm_addresses) or [s.llm_address], open_channel, s.llm_replica_cooldown_s
+        )
         self._channels = {
-            "llm": open_channel(s.llm_address),
             "embed": open_channel(s.embed_address),
             "guardrails": open_channel(s.guardrails_address),
         }
@@ -87,7 +100,7 @@ class RouterApp:
             store,
             embeddings,
             GrpcGuardrails(self._channels["guardrails"]),
-            GrpcLlm(self._channels["llm"]),
+            self._llm,
         )
         self._parts = RouterParts(chat, Ingestor(s, chunker, embeddings, store), store)
 
@@ -114,6 +127,8 @@ class RouterApp:
             await self._parts.store.close()
         for channel in self._channels.values():
             await channel.close()
+        if self._llm is not None:
+            await self._llm.close()
 
     def compute_device(self) -> str:
         return "cpu"
@@ -123,7 +138,7 @@ class RouterApp:
         a = self.profile.admission
         return {
             "milvus_uri": self.milvus_uri,
-            "llm": s.llm_address,
+            "llm": s.llm_addresses or s.llm_address,
             "embed": s.embed_address,
             "guardrails": s.guardrails_address,
             "max_sessions": str(a.max_sessions),

@@ -19,6 +19,11 @@ class RouterSettings(BaseSettings):
 
     # Downstream services (host:port). `forge up` sets them to the ports it started.
     llm_address: str = _local("llm")
+    # Several LLM replicas, comma-separated host:port or dns:///name:port (a headless Service);
+    # when set it replaces llm_address. Sessions go to the least-loaded replica that is up.
+    llm_addresses: str = ""
+    # A replica that failed before its first token is skipped this long.
+    llm_replica_cooldown_s: Annotated[float, Field(gt=0)] = 5.0
     embed_address: str = _local("embed")
     guardrails_address: str = _local("guardrails")
     # Milvus: a local path ending in .db = Milvus Lite owned by this process
