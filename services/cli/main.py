@@ -346,11 +346,20 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     """Start the mesh: every service as its own process on loopback, health-gated, restarted on
     crash; Ctrl-C stops them all cleanly."""
     from services.cli.supervisor import ChildSpec, Supervisor, child_env
+    from services.common.isolation import mps_startup_warning, service_environment
 
-    _profile_or_exit(settings.profile)
+    profile = _profile_or_exit(settings.profile)
+    if warning := mps_startup_warning(profile):
+        click.echo(f"warning: {warning}", err=True)
     home = settings.home_dir()
     specs = [
-        ChildSpec(s, host, DEFAULT_GRPC_PORTS[s] + port_offset, DEFAULT_METRICS_PORTS[s] + port_offset)
+        ChildSpec(
+            s,
+            host,
+            DEFAULT_GRPC_PORTS[s] + port_offset,
+            DEFAULT_METRICS_PORTS[s] + port_offset,
+            env=service_environment(profile, s),  # under MPS: the service's pinned memory limit
+        )
         for s in MESH_SERVICES
     ]
     env = child_env(settings.profile, str(home))

@@ -1,8 +1,10 @@
-"""`forge plan`: the GPU slice plan of a SKU profile, in fractions and bytes."""
+"""`forge plan`: the GPU slice plan of a SKU profile, in fractions and bytes, and how each slice
+is enforced under the profile's isolation mode."""
 
 from __future__ import annotations
 
-from services.common.config import GIB, SERVICES_WITH_SLICES, SkuProfile
+from services.common.config import GIB, SERVICES_WITH_SLICES, Isolation, SkuProfile
+from services.common.isolation import ISOLATION_SUMMARY, MPS_LIMIT_ENV, enforcement
 
 
 def _gib(n: int) -> str:
@@ -16,7 +18,7 @@ def render_plan(profile: SkuProfile) -> str:
         f"device       {dev.name}, {dev.memory_gib:g} GiB ({dev.memory_bytes} bytes)"
         + (", unified memory" if dev.unified_memory else "")
         + (f", compute capability {dev.compute_capability}" if dev.compute_capability else ""),
-        f"isolation    {profile.isolation.value}",
+        f"isolation    {profile.isolation.value}: {ISOLATION_SUMMARY[profile.isolation]}",
         f"llm engine   {profile.llm_engine}    milvus on {profile.milvus}",
         f"sessions     max {profile.admission.max_sessions}"
         + (
@@ -41,4 +43,11 @@ def render_plan(profile: SkuProfile) -> str:
     total += profile.buffer
     used = int(total * dev.memory_bytes)
     lines.append(f"{'total':<12}{total:>9.2f}  {used:>14}  {_gib(used)}  (<= 1.00: OK)")
+    lines += ["", f"enforced by (isolation {profile.isolation.value})"]
+    lines += [f"{service:<12}{enforcement(profile, service)}" for service in SERVICES_WITH_SLICES]
+    if profile.isolation == Isolation.MPS:
+        lines.append(
+            f"MPS: `forge up` sets {MPS_LIMIT_ENV} per GPU service; the control daemon must run "
+            "(nvidia-cuda-mps-control -d)"
+        )
     return "\n".join(lines)

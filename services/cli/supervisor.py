@@ -39,6 +39,8 @@ class ChildSpec:
     host: str
     port: int
     metrics_port: int
+    # Variables for this service only, on top of the supervisor's (e.g. its MPS memory limit).
+    env: dict[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
         return [
@@ -108,7 +110,7 @@ class Supervisor:
         child.serving.clear()
         child.process = await asyncio.create_subprocess_exec(
             *child.spec.command(),
-            env=self.env,
+            env={**self.env, **child.spec.env},
             stdout=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
             preexec_fn=_die_with_supervisor,

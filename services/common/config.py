@@ -25,6 +25,12 @@ ENV_OVERRIDE_PREFIX = "FORGE_PROFILE__"
 PROFILES_FILE_ENV = "FORGE_SKU_PROFILES"
 # MPS needs Volta (compute capability 7.0) or newer and is not available on Jetson.
 MPS_MIN_COMPUTE_CAPABILITY = 7.0
+# Forge's own processes that may hold GPU memory (Milvus, when on a GPU, is a server of its own).
+GPU_SERVICES = ("llm", "embed", "guardrails")
+# Under MPS a service's hard limit is its slice plus this much for its CUDA context, which the
+# in-process caps (torch memory fraction, vLLM gpu_memory_utilization) do not count; the buffer
+# must hold it for every service with a slice.
+MPS_CONTEXT_RESERVE_BYTES = 1024 * 1024**2
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -116,6 +122,16 @@ class SkuProfile(_Strict):
                 raise ValueError(
                     f"isolation: mps needs compute capability >= {MPS_MIN_COMPUTE_CAPABILITY}, "
                     f"device.compute_capability is {cc}"
+                )
+            on_gpu = [s for s in GPU_SERVICES if self.slices.of(s) > 0]
+            reserve = len(on_gpu) * MPS_CONTEXT_RESERVE_BYTES
+            buffer_bytes = int(self.buffer * self.device.memory_bytes)
+            if reserve > buffer_bytes:
+                raise ValueError(
+                    f"isolation: mps limits each GPU service to its slice + "
+                    f"{MPS_CONTEXT_RESERVE_BYTES // 1024**2} MiB for its CUDA context, so the buffer "
+                    f"({buffer_bytes // 1024**2} MiB) must hold {len(on_gpu)} x "
+                    f"{MPS_CONTEXT_RESERVE_BYTES // 1024**2} MiB ({', '.join(on_gpu)})"
                 )
         return self
 

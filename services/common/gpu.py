@@ -2,6 +2,10 @@
 
 On unified-memory devices (Jetson Thor) NVML answers NOT_SUPPORTED for memory figures; there the
 device's figures come from per-process sums and /proc/meminfo, and the device is flagged unified.
+
+A service's use is what NVML reports for its pid and its child processes (vLLM's engine core is a
+child of the LLM service and holds the LLM's memory). A service holding more than its slice is
+"over slice": `OVER_SLICE` logs a warning when that starts and a note when it ends, once each.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,10 @@ class GpuSnapshot:
     devices: list[GpuDeviceInfo] = field(default_factory=list)
 
     def used_by_pid(self, pid: int) -> int:
-        return sum(p.used_bytes for d in self.devices for p in d.processes if p.pid == pid)
+        return self.used_by_pids({pid})
+
+    def used_by_pids(self, pids: Collection[int]) -> int:
+        return sum(p.used_bytes for d in self.devices for p in d.processes if p.pid in pids)
 
     def total_bytes(self) -> int:
         return sum(d.total_bytes for d in self.devices)
@@ -147,9 +155,38 @@ def read_gpu_snapshot() -> GpuSnapshot:
     return GpuSnapshot(available=True, detail=detail, driver_version=driver, devices=devices)
 
 
+def descendant_pids(pid: int, proc: Path = Path("/proc")) -> tuple[int, ...]:
+    """Every live process below `pid` (children, grandchildren, ...), from /proc; () where /proc
+    cannot be read."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return ()
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != pid:
+                found.add(child)
+                todo.append(child)
+    return tuple(sorted(found))
+
+
 @dataclass(frozen=True)
 class SliceUsage:
-    """One service's declared slice against what its process holds on the GPU."""
+    """One service's declared slice against what its process (and its children) hold on the GPU."""
 
     service: str
     pid: int
@@ -157,16 +194,73 @@ class SliceUsage:
     slice_bytes: int
     used_bytes: int
     device: str
+    child_pids: tuple[int, ...] = ()
 
     @property
     def over_slice(self) -> bool:
         # A service with a zero slice that holds GPU memory is over it too.
         return self.used_bytes > self.slice_bytes
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.pid, *self.child_pids)
+
 
 def slice_usage(
-    service: str, slice_fraction: float, device: str, snapshot: GpuSnapshot, pid: int | None = None
+    service: str,
+    slice_fraction: float,
+    device: str,
+    snapshot: GpuSnapshot,
+    pid: int | None = None,
+    child_pids: Collection[int] | None = None,
 ) -> SliceUsage:
+    """`child_pids` None: this process's descendants, read from /proc (only when there is a GPU)."""
     pid = os.getpid() if pid is None else pid
+    if child_pids is None:
+        child_pids = descendant_pids(pid) if snapshot.available else ()
+    children = tuple(sorted(set(child_pids) - {pid}))
     slice_bytes = int(slice_fraction * snapshot.total_bytes()) if snapshot.available else 0
-    return SliceUsage(service, pid, slice_fraction, slice_bytes, snapshot.used_by_pid(pid), device)
+    used = snapshot.used_by_pids({pid, *children})
+    return SliceUsage(service, pid, slice_fraction, slice_bytes, used, device, children)
+
+
+class OverSliceAlarm:
+    """Remembers, per service, whether it was over its slice, and logs only the transitions: a
+    warning when a service goes over, an info line when it is back within. Every reader of the
+    ledger (scrapes, GetGpuStats, the server's watch) reports here, so each transition is logged
+    once however often it is observed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._over: dict[str, bool] = {}
+
+    def observe(self, usage: SliceUsage) -> bool:
+        """Record `usage`; True when it starts an over-slice episode (the warning was logged)."""
+        with self._lock:
+            was_over = self._over.get(usage.service, False)
+            self._over[usage.service] = usage.over_slice
+        if usage.over_slice and not was_over:
+            log.warning(
+                "GPU slice exceeded: %s (pid %s) holds %.0f MiB, its slice is %.0f MiB (%.2f of the device)",
+                usage.service,
+                ",".join(str(p) for p in usage.pids),
+                usage.used_bytes / 2**20,
+                usage.slice_bytes / 2**20,
+                usage.slice_fraction,
+            )
+            return True
+        if was_over and not usage.over_slice:
+            log.info(
+                "GPU slice: %s is back within its slice (%.0f of %.0f MiB)",
+                usage.service,
+                usage.used_bytes / 2**20,
+                usage.slice_bytes / 2**20,
+            )
+        return False
+
+    def is_over(self, service: str) -> bool:
+        with self._lock:
+            return self._over.get(service, False)
+
+
+OVER_SLICE = OverSliceAlarm()

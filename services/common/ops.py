@@ -10,7 +10,7 @@ from datetime import datetime
 from forge.v1 import common_pb2, ops_pb2, ops_pb2_grpc
 from grpc import aio
 
-from services.common.gpu import GpuSnapshot, SliceUsage, read_gpu_snapshot, slice_usage
+from services.common.gpu import OVER_SLICE, GpuSnapshot, SliceUsage, read_gpu_snapshot, slice_usage
 
 
 def gpu_stats_message(snapshot: GpuSnapshot, service_of_pid: Mapping[int, str]) -> common_pb2.GpuStats:
@@ -45,6 +45,7 @@ def usage_message(usage: SliceUsage) -> common_pb2.ServiceGpuUsage:
         used_bytes=usage.used_bytes,
         over_slice=usage.over_slice,
         device=usage.device,
+        child_pids=usage.child_pids,
     )
 
 
@@ -71,10 +72,18 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
     async def GetGpuStats(
         self, request: ops_pb2.GetGpuStatsRequest, context: aio.ServicerContext[object, object]
     ) -> ops_pb2.GetGpuStatsResponse:
-        snapshot = await asyncio.to_thread(read_gpu_snapshot)  # NVML calls block
-        usage = slice_usage(self._service, self._slice_fraction, self._compute_device(), snapshot)
+        device = self._compute_device()
+
+        def read() -> tuple[GpuSnapshot, SliceUsage]:  # NVML calls and the /proc scan block
+            snapshot = read_gpu_snapshot()
+            return snapshot, slice_usage(self._service, self._slice_fraction, device, snapshot)
+
+        snapshot, usage = await asyncio.to_thread(read)
+        if snapshot.available:
+            OVER_SLICE.observe(usage)
         return ops_pb2.GetGpuStatsResponse(
-            gpu=gpu_stats_message(snapshot, {os.getpid(): self._service}), usage=usage_message(usage)
+            gpu=gpu_stats_message(snapshot, dict.fromkeys(usage.pids, self._service)),
+            usage=usage_message(usage),
         )
 
     async def GetInfo(

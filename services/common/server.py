@@ -9,6 +9,7 @@ NOT_SERVING, stop accepting, let in-flight calls finish within the grace period 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -26,6 +27,7 @@ from prometheus_client import REGISTRY
 
 from services.common import telemetry
 from services.common.config import SkuProfile
+from services.common.gpu import OVER_SLICE, read_gpu_snapshot, slice_usage
 from services.common.gpu_metrics import GpuMemoryCollector
 from services.common.interceptors import DrainInterceptor, ErrorMappingInterceptor, MetricsInterceptor
 from services.common.metrics import MetricsEndpoint, serve_metrics
@@ -69,6 +71,9 @@ class ServerOptions:
     # None: no /metrics endpoint (in-process tests); 0: any free port.
     metrics_port: int | None = None
     drain_grace_s: float = 10.0
+    # How often the process checks its GPU use against its slice (logging over-slice transitions
+    # even when nothing scrapes /metrics); None: never. Without a GPU the watch ends at once.
+    gpu_watch_interval_s: float | None = 15.0
 
 
 def forge_version() -> str:
@@ -148,7 +153,25 @@ class ForgeServer:
         if self.options.metrics_port is not None:
             _register_gpu_collector(self.app, self.profile)
             self.metrics = serve_metrics(self.options.host, self.options.metrics_port)
+        if self.options.gpu_watch_interval_s is not None:
+            watch = asyncio.create_task(self._watch_gpu_slice(self.options.gpu_watch_interval_s))
+            self._background.add(watch)
+            watch.add_done_callback(self._background.discard)
         log.info("%s listening on %s", self.app.name, self.address)
+
+    async def _watch_gpu_slice(self, interval_s: float) -> None:
+        """Feed the over-slice alarm (a warning per transition) until stop; end where no GPU is."""
+        fraction = self.profile.slices.of(self.app.name)
+        while not self._stopped.is_set():
+            snapshot = await asyncio.to_thread(read_gpu_snapshot)
+            if not snapshot.available:
+                return
+            device = self.app.compute_device()
+            OVER_SLICE.observe(
+                await asyncio.to_thread(slice_usage, self.app.name, fraction, device, snapshot)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), interval_s)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

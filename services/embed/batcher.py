@@ -27,11 +27,24 @@ RunBatch = Callable[[K, list[str]], Vectors]
 
 
 @dataclass
+class BatchTiming:
+    """How one request was served, for its trace: when it was queued, when the model call of its
+    batch started and ended (epoch nanoseconds), and how big that batch was."""
+
+    enqueued_ns: int = 0
+    started_ns: int = 0
+    finished_ns: int = 0
+    batch_texts: int = 0
+    batch_requests: int = 0
+
+
+@dataclass
 class _Pending(Generic[K]):
     key: K
     texts: list[str]
     future: asyncio.Future[Vectors]
     enqueued_at: float = field(default_factory=time.perf_counter)
+    timing: BatchTiming | None = None
 
 
 class MicroBatcher(Generic[K]):
@@ -73,8 +86,9 @@ class MicroBatcher(Generic[K]):
                 item.future.set_exception(Unavailable("embed model", "the service is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: K, texts: list[str]) -> Vectors:
-        """Vectors for `texts`, one row per text, computed in some batch with other requests."""
+    async def submit(self, key: K, texts: list[str], timing: BatchTiming | None = None) -> Vectors:
+        """Vectors for `texts`, one row per text, computed in some batch with other requests.
+        `timing`, when given, is filled in with how the request was batched."""
         if self._closed or self._worker is None:
             raise Unavailable("embed model", "the batcher is not running")
         if self._queued_texts + len(texts) > self.max_queued_texts:
@@ -85,7 +99,9 @@ class MicroBatcher(Generic[K]):
                 f"embedding queue is full ({self._queued_texts} of {self.max_queued_texts} texts waiting)",
                 retry_after_s=max(0.05, backlog_s),
             )
-        item = _Pending(key, texts, asyncio.get_running_loop().create_future())
+        item = _Pending(key, texts, asyncio.get_running_loop().create_future(), timing=timing)
+        if timing is not None:
+            timing.enqueued_ns = time.time_ns()
         self._pending.append(item)
         self._queued_texts += len(texts)
         metrics.QUEUED_TEXTS.set(self._queued_texts)
@@ -153,6 +169,7 @@ class MicroBatcher(Generic[K]):
                 continue
             texts = [t for item in batch for t in item.texts]
             started = time.perf_counter()
+            started_ns = time.time_ns()
             for item in batch:
                 metrics.QUEUE_WAIT_SECONDS.observe(started - item.enqueued_at)
             try:
@@ -168,6 +185,11 @@ class MicroBatcher(Generic[K]):
                         item.future.set_exception(exc)
                 continue
             elapsed = time.perf_counter() - started
+            finished_ns = time.time_ns()
+            for item in batch:
+                if item.timing is not None:
+                    item.timing.started_ns, item.timing.finished_ns = started_ns, finished_ns
+                    item.timing.batch_texts, item.timing.batch_requests = len(texts), len(batch)
             self._seconds_per_text = elapsed / len(texts)
             metrics.BATCH_SIZE.observe(len(texts))
             metrics.BATCH_SECONDS.observe(elapsed)

@@ -1,6 +1,11 @@
 """The embeddings service's domain core: validate a request, batch it, shape the result.
 
 Nothing here knows about gRPC; the servicer only converts messages.
+
+Tracing: a request is a span "embed.embed" (texts, kind) with two children that tile the batcher's
+part of it, with explicit times: "embed.batch_wait" (queued -> its batch's model call starts) and
+"embed.model" (that model call, shared with the other requests of the batch: its size in texts and
+requests).
 """
 
 from __future__ import annotations
@@ -8,12 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.embed import metrics
-from services.embed.batcher import MicroBatcher, Vectors
+from services.embed.batcher import BatchTiming, MicroBatcher, Vectors
 from services.embed.model import EmbedKind, SentenceEncoder
 from services.embed.settings import EmbedSettings
+
+tracer = trace.get_tracer("forge.embed")
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,33 @@ class Embedder:
             await self._batcher.close()
 
     async def embed(self, texts: list[str], kind: EmbedKind, normalize: bool) -> EmbedResult:
+        with tracer.start_as_current_span(
+            "embed.embed", attributes={"forge.texts": len(texts), "forge.kind": kind.value}
+        ):
+            return await self._embed(texts, kind, normalize)
+
+    async def _embed(self, texts: list[str], kind: EmbedKind, normalize: bool) -> EmbedResult:
         validate_texts(texts, self.settings.max_texts_per_request, self.settings.max_chars_per_text)
         if self.encoder is None or self._batcher is None:
             raise Unavailable("embed model", "still loading; retry shortly")
-        vectors = await self._batcher.submit(kind, texts)
+        timing = BatchTiming()
+        vectors = await self._batcher.submit(kind, texts, timing)
+        _record_batch(timing)
         metrics.TEXTS.labels(kind.value).inc(len(texts))
         if normalize:
             vectors = l2_normalize(vectors)
         return EmbedResult(vectors=vectors, dimension=self.encoder.dimension, model=self.encoder.name)
+
+
+def _record_batch(timing: BatchTiming) -> None:
+    """The batcher's part of the current request as two child spans with the batcher's times."""
+    if not timing.started_ns:
+        return
+    wait = tracer.start_span("embed.batch_wait", start_time=timing.enqueued_ns)
+    wait.end(end_time=max(timing.started_ns, timing.enqueued_ns))
+    model = tracer.start_span(
+        "embed.model",
+        start_time=timing.started_ns,
+        attributes={"forge.batch_texts": timing.batch_texts, "forge.batch_requests": timing.batch_requests},
+    )
+    model.end(end_time=timing.finished_ns)

@@ -13,7 +13,7 @@ from pathlib import Path
 from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from grpc import aio
 
-from services.common.config import SkuProfile
+from services.common.config import Isolation, SkuProfile
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails, load_parts
 from services.guardrails.policy import Stage, default_policy_path, load_policy
@@ -49,6 +49,7 @@ class GuardrailsApp:
             self.settings.device,
             self.profile.slices.of(self.name),
             self.settings.train_if_missing,
+            self.profile.isolation != Isolation.NONE,
         )
         rails = await asyncio.to_thread(build_rails, self.policy, self.parts)
         guard = Guard(self.policy, rails)

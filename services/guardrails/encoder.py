@@ -24,9 +24,12 @@ class TextEncoder:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, requested_device: str, slice_fraction: float) -> TextEncoder:
+    def load(cls, requested_device: str, slice_fraction: float, cap_to_slice: bool = True) -> TextEncoder:
+        """On CUDA when the slice is > 0 (and CUDA is there); `cap_to_slice` False (isolation none)
+        leaves torch's allocator uncapped."""
         device = choose_device(requested_device, slice_fraction)
-        apply_gpu_slice(device, slice_fraction)
+        if cap_to_slice:
+            apply_gpu_slice(device, slice_fraction)
         return cls(SentenceEncoder.load(None, device))
 
     @property

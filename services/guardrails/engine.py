@@ -1,6 +1,10 @@
 """The guardrails domain core: validate a request, normalise the text, run the stage's rails
 concurrently (each in a worker thread under its own timeout), and combine their hits into one
-verdict. Nothing here knows about gRPC."""
+verdict. Nothing here knows about gRPC.
+
+Tracing: a check is a span "guardrails.check" (stage, decision, findings) with one child span per
+rail, "guardrails.rail.<name>" (its decision: allow, or the policy's action when it hit; hits,
+top score; failed and why)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
 from services.common.errors import InvalidArgument, Unavailable
 from services.guardrails import metrics
 from services.guardrails.normalize import Normalized, normalize
@@ -18,6 +25,7 @@ from services.guardrails.rails.base import Hit, Rail
 from services.guardrails.redact import redact
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("forge.guardrails")
 
 
 @dataclass(frozen=True)
@@ -78,34 +86,73 @@ class Guard:
         self.rails = dict(rails)
 
     async def check(self, text: str, stage: Stage | None) -> Verdict:
-        stage = validate(text, stage, self.policy.max_chars)
-        doc = await asyncio.to_thread(normalize, text)
-        names = self.policy.rails_for(stage)
-        outcomes = await asyncio.gather(*(self._run(name, doc) for name in names))
-        verdict = self._combine(text, names, outcomes)
-        metrics.CHECKS.labels(stage.value, verdict.decision.value if verdict.decision else "allow").inc()
-        return verdict
+        with tracer.start_as_current_span("guardrails.check") as span:
+            stage = validate(text, stage, self.policy.max_chars)
+            span.set_attributes({"forge.stage": stage.value, "forge.text_chars": len(text)})
+            doc = await asyncio.to_thread(normalize, text)
+            names = self.policy.rails_for(stage)
+            outcomes = await asyncio.gather(*(self._run(name, stage, doc) for name in names))
+            verdict = self._combine(text, names, outcomes)
+            decision = verdict.decision.value if verdict.decision else "allow"
+            span.set_attributes(
+                {
+                    "forge.decision": decision,
+                    "forge.findings": len(verdict.findings),
+                    "forge.rails": names,
+                    "forge.policy_version": verdict.policy_version,
+                }
+            )
+            metrics.CHECKS.labels(stage.value, decision).inc()
+            return verdict
 
-    async def _run(self, name: str, doc: Normalized) -> _Outcome:
+    async def _run(self, name: str, stage: Stage, doc: Normalized) -> _Outcome:
         config = self.policy.rails[name]
         rail = self.rails[name]
-        started = time.perf_counter()
-        try:
-            hits = await asyncio.wait_for(asyncio.to_thread(rail.scan, doc), config.timeout_ms / 1000)
-        except TimeoutError:
-            return self._failed(name, started, "timeout")
-        except Unavailable:
-            raise
-        except Exception as exc:
-            log.exception("rail %s failed", name)
-            return self._failed(name, started, type(exc).__name__)
-        elapsed = time.perf_counter() - started
-        metrics.RAIL_SECONDS.labels(name).observe(elapsed)
-        return _Outcome(hits, RailTiming(name, elapsed, failed=False))
+        # Current in the worker thread too (to_thread copies the context): a rail that calls
+        # another service (the judge) continues this trace.
+        with tracer.start_as_current_span(
+            f"guardrails.rail.{name}",
+            attributes={
+                "forge.rail": name,
+                "forge.rail.kind": self.policy.kind_of(name),
+                "forge.stage": stage.value,
+            },
+        ) as span:
+            started = time.perf_counter()
+            try:
+                hits = await asyncio.wait_for(asyncio.to_thread(rail.scan, doc), config.timeout_ms / 1000)
+            except TimeoutError:
+                return self._failed(name, started, "timeout", span)
+            except Unavailable:
+                raise
+            except Exception as exc:
+                log.exception("rail %s failed", name)
+                return self._failed(name, started, type(exc).__name__, span)
+            elapsed = time.perf_counter() - started
+            metrics.RAIL_SECONDS.labels(name).observe(elapsed)
+            span.set_attributes(
+                {
+                    "forge.rail.decision": config.action.value if hits else "allow",
+                    "forge.rail.hits": len(hits),
+                    "forge.rail.score": max((h.score for h in hits), default=0.0),
+                    "forge.rail.categories": sorted({h.category for h in hits}),
+                }
+            )
+            return _Outcome(hits, RailTiming(name, elapsed, failed=False))
 
-    def _failed(self, name: str, started: float, reason: str) -> _Outcome:
+    def _failed(self, name: str, started: float, reason: str, span: Span) -> _Outcome:
         config = self.policy.rails[name]
         metrics.RAIL_FAILURES.labels(name, reason, config.on_failure.value).inc()
+        # A failed rail blocks (on_failure closed) or is ignored (open): that is its decision.
+        decision = Action.BLOCK.value if config.on_failure is OnFailure.CLOSED else "allow"
+        span.set_attributes(
+            {
+                "forge.rail.decision": decision,
+                "forge.rail.failed": True,
+                "forge.rail.failure": reason,
+                "forge.rail.on_failure": config.on_failure.value,
+            }
+        )
         return _Outcome([], RailTiming(name, time.perf_counter() - started, failed=True, reason=reason))
 
     def _combine(self, text: str, names: list[str], outcomes: list[_Outcome]) -> Verdict:

@@ -34,12 +34,17 @@ class Parts:
 
 
 def load_parts(
-    policy: Policy, home: Path, device: str, slice_fraction: float, train_if_missing: bool
+    policy: Policy,
+    home: Path,
+    device: str,
+    slice_fraction: float,
+    train_if_missing: bool,
+    cap_to_slice: bool = True,
 ) -> Parts:
     kinds = {policy.kind_of(name) for name in policy.used_rails()}
     parts = Parts()
     if kinds & {"harm", "topics", "injection"}:
-        parts.encoder = TextEncoder.load(device, slice_fraction)
+        parts.encoder = TextEncoder.load(device, slice_fraction, cap_to_slice)
     if "pii" in kinds:
         parts.analyzer, parts.has_ner = build_analyzer()
     if kinds & {"harm", "injection"}:

@@ -1,25 +1,45 @@
 """The LLM service's domain core: validate a request against the model's limits, admit it within
 the service's hard capacity, stream it from the engine, and abort it in the engine whenever the
 caller goes away. Nothing here knows about gRPC.
+
+Tracing: each generation is a span "llm.generate" (a child of whatever span is current: the gRPC
+server span) with children that tile it, each with explicit start and end times:
+"llm.prepare" (validation and tokenisation), "llm.queue" (handed to the engine -> first
+scheduled, from the engine's own timestamps where it reports them: vLLM does, llama.cpp not),
+"llm.prefill" (scheduled, or handed over when the queue is unknown -> first token) and
+"llm.decode" (first token -> last token, or the abort).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.llm import metrics
-from services.llm.engine import EngineDead, FinishReason, GenerationRequest, LlmEngine, Sampling
+from services.llm.engine import (
+    EngineDead,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    LlmEngine,
+    Sampling,
+)
 from services.llm.settings import LlmSettings
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("forge.llm")
 
 ROLES = ("system", "user", "assistant")
 MAX_TEMPERATURE = 2.0
@@ -73,6 +93,69 @@ class ModelInfo:
 class _Active:
     count: int = 0
     by_id: set[str] = field(default_factory=set)
+
+
+def _wall_ns(monotonic_s: float, now_ns: int, now_monotonic_s: float) -> int:
+    """A time.monotonic() reading as epoch nanoseconds (span times), via a pair read together."""
+    return now_ns - int((now_monotonic_s - monotonic_s) * 1e9)
+
+
+class _Phases:
+    """The child spans of one llm.generate span. Nothing is left open: `end` closes whatever phase
+    the request reached, whichever way it ended."""
+
+    def __init__(self, parent: Span) -> None:
+        self.parent = parent
+        self._context = trace.set_span_in_context(parent)
+        self.started_ns = time.time_ns()
+        self.handed_ns: int | None = None  # handed to the engine
+        self._decode: Span | None = None
+        self._ended = False
+
+    def _span(self, name: str, start_ns: int, attributes: Mapping[str, AttributeValue]) -> Span:
+        return tracer.start_span(name, context=self._context, start_time=start_ns, attributes=attributes)
+
+    def handed_over(self, prompt_tokens: int) -> None:
+        self.handed_ns = time.time_ns()
+        prepare = self._span("llm.prepare", self.started_ns, {"forge.prompt_tokens": prompt_tokens})
+        prepare.end(end_time=self.handed_ns)
+
+    def first_token(self, chunk: GenerationChunk, prompt_tokens: int) -> None:
+        assert self.handed_ns is not None
+        now_ns, now_mono = time.time_ns(), time.monotonic()
+        prefill_from = self.handed_ns
+        if chunk.queued_at is not None and chunk.scheduled_at is not None:
+            # Engine timestamps, clamped into this request's timeline (the clocks are converted).
+            scheduled_ns = min(max(_wall_ns(chunk.scheduled_at, now_ns, now_mono), self.handed_ns), now_ns)
+            engine_queue_s = chunk.scheduled_at - chunk.queued_at
+            queue = self._span("llm.queue", self.handed_ns, {"forge.engine_queue_s": engine_queue_s})
+            queue.end(end_time=scheduled_ns)
+            prefill_from = scheduled_ns
+        prefill = self._span("llm.prefill", prefill_from, {"forge.prompt_tokens": prompt_tokens})
+        prefill.end(end_time=now_ns)
+        self._decode = self._span("llm.decode", now_ns, {})
+
+    def end(self, completion_tokens: int, finish: FinishReason | None, abort_reason: str | None) -> None:
+        """Close the phase the request reached; the first call wins."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.handed_ns is None:  # rejected or failed before reaching the engine
+            return
+        outcome: dict[str, AttributeValue] = {
+            "forge.completion_tokens": completion_tokens,
+            "forge.aborted": abort_reason is not None,
+        }
+        if finish is not None:
+            outcome["forge.finish_reason"] = finish.value
+        if abort_reason is not None:
+            outcome["forge.abort_reason"] = abort_reason
+        if self._decode is not None:
+            self._decode.set_attributes(outcome)
+            self._decode.end()
+        else:  # stopped before the first token: a prefill cut short
+            self._span("llm.prefill", self.handed_ns, outcome).end()
+        self.parent.set_attributes(outcome)
 
 
 class LlmCore:
@@ -207,13 +290,41 @@ class LlmCore:
     ) -> AsyncIterator[GenerateEvent]:
         """Stream a generation. If the consumer stops early (cancel, deadline, error), the engine
         request is aborted and counted under `abort_reason()`."""
+        span = tracer.start_span("llm.generate", attributes={"forge.priority": inp.priority.name.lower()})
+        phases = _Phases(span)
+        try:
+            # aclosing: a consumer that stops early closes the inner generation now (abort, slot).
+            async with contextlib.aclosing(self._generate(inp, abort_reason, phases)) as events:
+                async for event in events:
+                    yield event
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            phases.end(0, None, None)  # no-op unless the request never reached the engine
+            span.end()
+
+    async def _generate(
+        self, inp: GenerateInput, abort_reason: Callable[[], str], phases: _Phases
+    ) -> AsyncGenerator[GenerateEvent, None]:
         self._admit()
         request = await self.prepare(inp)
         self._admit()  # tokenising yielded the loop; re-check before taking the slot
         engine = self._engine()
+        prompt_tokens = len(request.prompt_token_ids)
+        phases.parent.set_attributes(
+            {
+                "forge.request_id": request.request_id,
+                "forge.engine": engine.name,
+                "forge.prompt_tokens": prompt_tokens,
+                "forge.max_tokens": request.sampling.max_tokens,
+            }
+        )
         self._active.count += 1
         metrics.ACTIVE.inc()
-        metrics.PROMPT_TOKENS.inc(len(request.prompt_token_ids))
+        metrics.PROMPT_TOKENS.inc(prompt_tokens)
+        phases.handed_over(prompt_tokens)
         started = last = time.perf_counter()
         completion_tokens = 0
         finished = False
@@ -222,6 +333,7 @@ class LlmCore:
                 now = time.perf_counter()
                 if completion_tokens == 0 and chunk.completion_tokens > 0:
                     metrics.TIME_TO_FIRST_TOKEN.observe(now - started)
+                    phases.first_token(chunk, prompt_tokens)
                 elif chunk.completion_tokens > completion_tokens:
                     metrics.INTER_TOKEN_LATENCY.observe(now - last)
                 metrics.GENERATED_TOKENS.inc(chunk.completion_tokens - completion_tokens)
@@ -229,7 +341,8 @@ class LlmCore:
                 if chunk.finish_reason is not None:
                     finished = True
                     metrics.FINISHED.labels(chunk.finish_reason.value).inc()
-                    usage = Usage(len(request.prompt_token_ids), completion_tokens)
+                    phases.end(completion_tokens, chunk.finish_reason, None)
+                    usage = Usage(prompt_tokens, completion_tokens)
                     yield GenerateEvent(chunk.text, chunk.finish_reason, usage)
                     return
                 if chunk.text:
@@ -242,6 +355,7 @@ class LlmCore:
             metrics.ACTIVE.dec()
             if not finished:
                 reason = abort_reason()
+                phases.end(completion_tokens, None, reason)
                 metrics.ABORTED.labels(reason).inc()
                 log.info("aborting %s (%s) after %d tokens", request.request_id, reason, completion_tokens)
                 if not engine.is_dead():

@@ -43,6 +43,11 @@ class GenerationChunk:
     text: str
     completion_tokens: int  # cumulative
     finish_reason: FinishReason | None = None
+    # When the engine queued and first scheduled the request, in time.monotonic() seconds (the
+    # host's monotonic clock, the same in the engine's own process); None where the engine does not
+    # say (llama.cpp). Read from the first chunk, for the trace's llm.queue span.
+    queued_at: float | None = None
+    scheduled_at: float | None = None
 
 
 @dataclass

@@ -46,6 +46,17 @@ def _stat_logger_factory(stats: EngineStats) -> Any:
     return ForgeStatLogger
 
 
+def _queue_times(output: Any) -> tuple[float | None, float | None]:
+    """When vLLM's engine core queued and first scheduled the request (its RequestStateStats, in
+    time.monotonic() seconds), when it logs stats; else (None, None)."""
+    stats = getattr(output, "metrics", None)
+    queued = getattr(stats, "queued_ts", 0.0) or 0.0
+    scheduled = getattr(stats, "scheduled_ts", 0.0) or 0.0
+    if queued <= 0.0 or scheduled < queued:
+        return None, None
+    return float(queued), float(scheduled)
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -124,13 +135,15 @@ class VllmEngine:
                 priority=request.priority,
             ):
                 completion = output.outputs[0]
+                first = completion_tokens == 0
                 completion_tokens += len(completion.token_ids)
                 finish = None
                 if output.finished:
                     finish = (
                         FinishReason.LENGTH if completion.finish_reason == "length" else FinishReason.STOP
                     )
-                yield GenerationChunk(completion.text, completion_tokens, finish)
+                queued_at, scheduled_at = _queue_times(output) if first else (None, None)
+                yield GenerationChunk(completion.text, completion_tokens, finish, queued_at, scheduled_at)
         except EngineDeadError as exc:
             raise EngineDead(str(exc)) from exc
 

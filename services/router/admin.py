@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from forge.v1 import ops_pb2, router_pb2, router_pb2_grpc
 from grpc import aio
 
-from services.common.gpu import read_gpu_snapshot
+from services.common.gpu import descendant_pids, read_gpu_snapshot
 from services.common.ops import gpu_stats_message
 from services.router.admission import AdmissionController
 from services.router.downstream import gpu_stats
@@ -63,15 +63,19 @@ class AdminServicer(router_pb2_grpc.AdminServiceServicer):
             *(gpu_stats(channels[n], GPU_STATS_TIMEOUT_S) for n in names), return_exceptions=True
         )
         response = router_pb2.AdminServiceGetGpuStatsResponse()
-        service_of_pid = {os.getpid(): "router"}
+        # The router's own children (e.g. a Milvus Lite server) are the router's too.
+        router_pids = await asyncio.to_thread(descendant_pids, os.getpid())
+        service_of_pid = dict.fromkeys((os.getpid(), *router_pids), "router")
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, ops_pb2.GetGpuStatsResponse):
                 response.services.append(answer.usage)
-                service_of_pid[answer.usage.pid] = answer.usage.service
+                for pid in (answer.usage.pid, *answer.usage.child_pids):
+                    service_of_pid[pid] = answer.usage.service
             else:
                 log.warning("GPU stats of %s unavailable: %s", name, answer)
                 response.unreachable_services.append(name)
-        # The device view is read here once, so every process is attributed in one snapshot.
+        # The device view is read here once, so every process is attributed in one snapshot; a
+        # process no service claims (another tenant's job, a stray notebook) keeps an empty name.
         snapshot = await asyncio.to_thread(read_gpu_snapshot)
         response.gpu.CopyFrom(gpu_stats_message(snapshot, service_of_pid))
         return response

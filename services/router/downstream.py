@@ -53,7 +53,7 @@ def open_channel(address: str) -> aio.Channel:
     """A channel with the tracing interceptors, so the trace continues into the service."""
     return aio.insecure_channel(
         address,
-        interceptors=telemetry.client_interceptors(),
+        interceptors=telemetry.client_interceptors(address),
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),

@@ -14,11 +14,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.router import metrics
@@ -175,6 +176,17 @@ class ChatOrchestrator:
         collection, top_k = self.validate(request)
         started = time.monotonic()
         outcome = "error"
+        # The span of the whole request (the Chat server span under gRPC) carries the request's
+        # shape and, at the end, its outcome.
+        request_span = trace.get_current_span()
+        request_span.set_attributes(
+            {
+                "forge.tenant": tenant,
+                "forge.collection": collection,
+                "forge.top_k": top_k,
+                "forge.priority": request.priority.name.lower(),
+            }
+        )
         async with contextlib.AsyncExitStack() as session:
             with tracer.start_as_current_span("router.admission") as span:
                 span.set_attribute("forge.tenant", tenant)
@@ -187,11 +199,13 @@ class ChatOrchestrator:
                 async for event in self._grounded_answer(tenant, request, collection, top_k, deadline):
                     if isinstance(event, ChatEnd):
                         outcome = "blocked" if event.verdict is not None else "completed"
+                        request_span.set_attributes(_end_attributes(event))
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
                 outcome = "cancelled"
                 raise
             finally:
+                request_span.set_attribute("forge.outcome", outcome)
                 metrics.CHATS.labels(outcome).inc()
                 metrics.CHAT_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
@@ -219,6 +233,13 @@ class ChatOrchestrator:
         chunks = await self._retrieval_rail(hits, deadline, degraded)
         messages, kept = await self._fit_prompt(conversation, chunks, request.sampling, deadline)
         citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
+        trace.get_current_span().set_attributes(  # the request's span: no stage span is open here
+            {
+                "forge.chunks_retrieved": len(hits),
+                "forge.chunks_passed_rail": len(chunks),
+                "forge.chunks_kept": len(kept),
+            }
+        )
 
         async for event in self._generate(messages, request, deadline, degraded):
             if isinstance(event, ChatEnd):
@@ -247,11 +268,18 @@ class ChatOrchestrator:
         collection = validate_collection(collection, s.default_collection)
         top_k = validate_top_k(top_k, s.default_top_k, s.max_top_k)
         timeout = self._stage_timeout("query embedding", deadline)
-        vector = (await self._stage("embed_query", self.embeddings.embed([query], True, timeout)))[0]
+        vector = (
+            await self._stage(
+                "embed_query", self.embeddings.embed([query], True, timeout), {"forge.texts": 1}
+            )
+        )[0]
         timeout = self._stage_timeout("the Milvus search", deadline)
         try:
             hits = await self._stage(
-                "search", self.store.search(tenant, collection, vector, top_k, timeout_s=timeout)
+                "search",
+                self.store.search(tenant, collection, vector, top_k, timeout_s=timeout),
+                _search_attributes(tenant, collection, top_k),
+                lambda found: {"forge.chunks_retrieved": len(found)},
             )
         except StoreUnavailable as exc:
             raise Unavailable("milvus", str(exc)) from exc
@@ -260,11 +288,22 @@ class ChatOrchestrator:
         return chunks
 
     # -- stages -----------------------------------------------------------------------------
-    async def _stage(self, name: str, work: Awaitable[T]) -> T:
+    async def _stage(
+        self,
+        name: str,
+        work: Awaitable[T],
+        attributes: Mapping[str, AttributeValue] | None = None,
+        describe: Callable[[T], Mapping[str, AttributeValue]] | None = None,
+    ) -> T:
+        """Await `work` inside span "router.<name>" (with `attributes`, plus `describe(result)`)
+        and time it."""
         started = time.monotonic()
         try:
-            with tracer.start_as_current_span(f"router.{name}"):
-                return await work
+            with tracer.start_as_current_span(f"router.{name}", attributes=attributes) as span:
+                result = await work
+                if describe is not None and span.is_recording():
+                    span.set_attributes(describe(result))
+                return result
         finally:
             metrics.STAGE_SECONDS.labels(name).observe(time.monotonic() - started)
 
@@ -279,13 +318,17 @@ class ChatOrchestrator:
             return None
         timeout = self._stage_timeout(f"the {stage.value} rail", deadline)
         try:
-            verdict = await self._stage(f"rail_{stage.value}", self.guardrails.check(text, stage, timeout))
+            verdict = await self._stage(
+                f"rail_{stage.value}",
+                self.guardrails.check(text, stage, timeout),
+                {"forge.text_chars": len(text)},
+                lambda v: _rail_attributes(stage, v),
+            )
         except Unavailable as exc:
             if self.settings.on_guardrails_failure == "fail":
                 raise
             degraded.note(f"guardrails: {exc}")
             return None
-        trace.get_current_span().set_attribute(f"forge.rail.{stage.value}", verdict.decision.value)
         return verdict
 
     async def _query_vector(
@@ -295,7 +338,9 @@ class ChatOrchestrator:
             return None
         timeout = self._stage_timeout("query embedding", deadline)
         try:
-            vectors = await self._stage("embed_query", self.embeddings.embed([question], True, timeout))
+            vectors = await self._stage(
+                "embed_query", self.embeddings.embed([question], True, timeout), {"forge.texts": 1}
+            )
         except Unavailable as exc:
             if self.settings.on_retrieval_failure == "fail":
                 raise
@@ -315,7 +360,10 @@ class ChatOrchestrator:
         timeout = self._stage_timeout("the Milvus search", deadline)
         try:
             return await self._stage(
-                "search", self.store.search(tenant, collection, vector, top_k, timeout_s=timeout)
+                "search",
+                self.store.search(tenant, collection, vector, top_k, timeout_s=timeout),
+                _search_attributes(tenant, collection, top_k),
+                lambda found: {"forge.chunks_retrieved": len(found)},
             )
         except StoreUnavailable as exc:
             if self.settings.on_retrieval_failure == "fail":
@@ -362,13 +410,17 @@ class ChatOrchestrator:
                 raise InvalidArgument(
                     "params.max_tokens", f"must leave room for the prompt in the model's {max_context} tokens"
                 ) from exc
+            span = trace.get_current_span()  # router.prompt
+            span.set_attributes({"forge.context_tokens": max_context, "forge.prompt_budget_tokens": budget})
             full = assemble(s.system_prompt, conversation, chunks)
             if not chunks:
                 total = await self.llm.count_tokens(full, timeout)
+                span.set_attribute("forge.prompt_tokens", total)
                 _check_fits(total, budget, max_context, max_new)
                 return full, []
             total = await self.llm.count_tokens(full, timeout)
             if total <= budget:
+                span.set_attribute("forge.prompt_tokens", total)
                 return full, chunks
             base, *sizes = await asyncio.gather(
                 self.llm.count_tokens(assemble(s.system_prompt, conversation, []), timeout),
@@ -377,12 +429,18 @@ class ChatOrchestrator:
             plan = fit_chunks(
                 base, [Candidate(c, c.score, size) for c, size in zip(chunks, sizes, strict=True)], budget
             )
+            span.set_attribute("forge.prompt_tokens", plan.prompt_tokens)
             _check_fits(base, budget, max_context, max_new)
             kept = [c.key for c in plan.kept if isinstance(c.key, ContextChunk)]
             metrics.CHUNKS_DROPPED.inc(len(plan.dropped))
             return assemble(s.system_prompt, conversation, kept), kept
 
-        return await self._stage("prompt", fit())
+        return await self._stage(
+            "prompt",
+            fit(),
+            {"forge.chunks_offered": len(chunks)},
+            lambda fitted: {"forge.chunks_kept": len(fitted[1])},
+        )
 
     async def _generate(
         self, messages: list[Message], request: ChatInput, deadline: Deadline, degraded: _Degradation
@@ -404,7 +462,9 @@ class ChatOrchestrator:
         finish = FinishReason.STOP
         timeout = deadline.rest("generation", s.generation_timeout_s)
         stream = self.llm.generate(messages, sampling, request.priority, uuid.uuid4().hex, timeout)
-        with tracer.start_as_current_span("router.generate") as span:
+        with tracer.start_as_current_span(
+            "router.generate", attributes={"forge.max_tokens": sampling.max_tokens or 0}
+        ) as span:
             started = time.monotonic()
             async with contextlib.aclosing(stream):
                 async for piece in stream:
@@ -419,7 +479,13 @@ class ChatOrchestrator:
                             continue
                         verdict = await self._rail(segment, Stage.OUTPUT, deadline, degraded)
                         if verdict is not None and verdict.decision is Decision.BLOCK:
-                            span.set_attribute("forge.blocked", True)
+                            span.set_attributes(
+                                {
+                                    "forge.blocked": True,
+                                    "forge.prompt_tokens": prompt_tokens,
+                                    "forge.completion_tokens": completion_tokens,
+                                }
+                            )
                             yield ChatEnd(
                                 prompt_tokens=prompt_tokens,
                                 completion_tokens=completion_tokens,
@@ -430,9 +496,40 @@ class ChatOrchestrator:
                         text = verdict.text_to_use(segment) if verdict is not None else segment
                         released += len(segment)
                         yield ChatDelta(text)
-            span.set_attribute("forge.completion_tokens", completion_tokens)
+            span.set_attributes(
+                {
+                    "forge.prompt_tokens": prompt_tokens,
+                    "forge.completion_tokens": completion_tokens,
+                    "forge.finish_reason": finish.value,
+                }
+            )
             metrics.STAGE_SECONDS.labels("generate").observe(time.monotonic() - started)
         yield ChatEnd(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=finish)
+
+
+def _search_attributes(tenant: str, collection: str, top_k: int) -> dict[str, AttributeValue]:
+    return {"forge.tenant": tenant, "forge.collection": collection, "forge.top_k": top_k}
+
+
+def _rail_attributes(stage: Stage, verdict: RailVerdict) -> dict[str, AttributeValue]:
+    return {
+        f"forge.rail.{stage.value}": verdict.decision.value,
+        "forge.rail.findings": len(verdict.findings),
+        "forge.rail.categories": sorted({f.category for f in verdict.findings}),
+    }
+
+
+def _end_attributes(end: ChatEnd) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        "forge.chunks_cited": len(end.citations),
+        "forge.prompt_tokens": end.prompt_tokens,
+        "forge.completion_tokens": end.completion_tokens,
+        "forge.finish_reason": end.finish_reason.value,
+        "forge.degraded": end.degraded,
+    }
+    if end.verdict is not None:
+        attributes[f"forge.rail.{end.verdict.stage.value}"] = end.verdict.decision.value
+    return attributes
 
 
 def _check_fits(prompt_tokens: int, budget: int, max_context: int, max_new: int) -> None:

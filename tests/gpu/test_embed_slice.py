@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from forge.v1 import embed_pb2, embed_pb2_grpc, ops_pb2, ops_pb2_grpc
@@ -19,7 +21,7 @@ from services.embed.settings import EmbedSettings
 pytestmark = pytest.mark.gpu
 
 
-async def test_embed_runs_inside_its_slice_under_load() -> None:
+async def test_embed_runs_inside_its_slice_under_load(record_figure: Callable[..., Any]) -> None:
     import torch
 
     profile = load_profile("h100", environ={"FORGE_PROFILE__SLICES__EMBED": "0.05"})
@@ -46,6 +48,8 @@ async def test_embed_runs_inside_its_slice_under_load() -> None:
             f"NVML process {usage.used_bytes / 2**20:.0f} MiB, "
             f"slice {usage.slice_bytes / 2**20:.0f} MiB, pid {os.getpid()}"
         )
+        record_figure("embed (in-process)", usage.slice_bytes, peak, "torch max_memory_reserved")
+        record_figure("embed (in-process)", usage.slice_bytes, usage.used_bytes, "NVML per process")
 
         with pytest.raises(torch.OutOfMemoryError):
             torch.empty(int(0.06 * total), dtype=torch.uint8, device="cuda:0")

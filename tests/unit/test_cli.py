@@ -39,3 +39,26 @@ def test_plan_rejects_an_overcommitted_override_clearly() -> None:
 def test_unknown_sku_is_a_clear_error() -> None:
     code, out = run("plan", "--sku", "gtx_1080")
     assert code == 1 and "unknown SKU profile 'gtx_1080'" in out
+
+
+def test_plan_says_how_each_slice_is_enforced() -> None:
+    code, out = run("plan", "--sku", "h100")
+    assert code == 0 and "isolation    software: each service caps itself" in out
+    assert "llm         vLLM gpu_memory_utilization 0.75" in out
+    assert "embed       torch memory fraction 0.05" in out
+    assert "MPS pinned limit" not in out
+
+
+def test_plan_under_mps_prints_each_services_pinned_limit() -> None:
+    code, out = run("plan", "--sku", "h100", env={"FORGE_PROFILE__ISOLATION": "mps"})
+    assert code == 0 and "enforced by (isolation mps)" in out
+    assert "embed       torch memory fraction 0.05 + MPS pinned limit 0=5120M" in out
+    assert "llm         vLLM gpu_memory_utilization 0.75 + MPS pinned limit 0=62464M" in out
+    assert "nvidia-cuda-mps-control -d" in out
+
+
+def test_plan_refuses_mps_where_the_seed_says_it_cannot_run() -> None:
+    code, out = run("plan", "--sku", "tesla_p40", env={"FORGE_PROFILE__ISOLATION": "mps"})
+    assert code == 1 and "mps needs compute capability >= 7.0" in out
+    code, out = run("plan", "--sku", "jetson_thor", env={"FORGE_PROFILE__ISOLATION": "mps"})
+    assert code == 1 and "not available on unified-memory" in out

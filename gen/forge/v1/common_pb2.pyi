@@ -299,6 +299,7 @@ class ServiceGpuUsage(_message.Message):
     USED_BYTES_FIELD_NUMBER: _builtins.int
     OVER_SLICE_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    CHILD_PIDS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     pid: _builtins.int
     slice_fraction: _builtins.float
@@ -308,6 +309,12 @@ class ServiceGpuUsage(_message.Message):
     over_slice: _builtins.bool
     device: _builtins.str
     """Where the service computes: "cpu", "cuda:0", ..."""
+    @_builtins.property
+    def child_pids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Child processes whose GPU memory counts as this service's (vLLM's engine core is a child of
+        the LLM service process and holds the LLM's GPU memory).
+        """
+
     def __init__(
         self,
         *,
@@ -318,10 +325,11 @@ class ServiceGpuUsage(_message.Message):
         used_bytes: _builtins.int = ...,
         over_slice: _builtins.bool = ...,
         device: _builtins.str = ...,
+        child_pids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "over_slice", b"over_slice", "pid", b"pid", "service", b"service", "slice_bytes", b"slice_bytes", "slice_fraction", b"slice_fraction", "used_bytes", b"used_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_pids", b"child_pids", "device", b"device", "over_slice", b"over_slice", "pid", b"pid", "service", b"service", "slice_bytes", b"slice_bytes", "slice_fraction", b"slice_fraction", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ from typing import Protocol
 import grpc
 from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
+from services.common import telemetry
 from services.guardrails.normalize import Normalized
 from services.guardrails.rails.base import Hit
 
@@ -150,10 +151,17 @@ class LlmServiceJudge:
         self.timeout_s = config.timeout_s
         self.max_tokens = config.max_tokens
         channel = grpc.insecure_channel(self.address)
-        self._stub = llm_pb2_grpc.LlmServiceStub(channel)
+        # The rail runs in a worker thread that carries the request's context: the judge's call
+        # joins the request's trace.
+        traced = grpc.intercept_channel(channel, telemetry.sync_client_interceptor(self.address))
+        self._stub = llm_pb2_grpc.LlmServiceStub(traced)
         self._close = weakref.finalize(self, channel.close)
 
     def judge(self, text: str) -> JudgeVerdict:
+        if not self._close.alive:
+            # What the closed channel itself says; an intercepted channel would reach into the
+            # closed channel first (grpc crashes the process there).
+            raise ValueError("Channel closed")
         request = judge_request(text, self.max_tokens)
         try:
             answer = "".join(r.text for r in self._stub.Generate(request, timeout=self.timeout_s))

