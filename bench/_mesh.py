@@ -29,6 +29,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import psutil  # noqa: E402
 from forge.v1 import llm_pb2, llm_pb2_grpc  # noqa: E402
 from grpc import aio  # noqa: E402
 
@@ -193,6 +194,23 @@ class Mesh:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             await asyncio.gather(*(p.wait() for p in running))
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a router's Milvus Lite server, vLLM's engine core and worker)."""
+    root = psutil.Process(pid)
+    return [root.pid, *(c.pid for c in root.children(recursive=True))]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time used so far by these processes, summed over their threads' schedstat (nanoseconds;
+    /proc/<pid>/stat only counts 10 ms ticks). Threads that already exited are not counted."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(stat.read_text().split()[0])
+    return total / 1e9
 
 
 async def model_line(llm_address: str) -> str:

@@ -10,23 +10,29 @@ into this process's own Milvus Lite file with the router's own chunker and the e
   concurrently -> Milvus search -> Check(RETRIEVAL) per chunk concurrently -> Tokenize the
   assembled messages (services.router.prompt.assemble) -> Generate -> Check(OUTPUT) per segment of
   the answer (the router's own Segmenter, so the same checks are made).
-- router, sampler off (optional, --tracing-arm): a second router with OTEL_TRACES_SAMPLER=always_off,
+- router, sampler off (opt-in, --tracing-arm): a second router with OTEL_TRACES_SAMPLER=always_off,
   its own Lite file; the difference to `router` is the cost of recording spans with no exporter
   (the default), in the router and, through the propagated unsampled context, in the services.
+  Off by default: a third arm adds ~1.5 min, and on 2 cores its latency difference is below the
+  run's noise (the CPU table resolves it better).
 
 Sequential phase: one client, requests interleaved across the arms (rotating order), after warm-up.
 Concurrent phase: N clients, a fixed number of requests per arm in blocks, rotating order per round.
-Reports router added latency (router minus direct, per percentile, and the median of the paired
-differences) and the throughput ratio (router req/s / direct req/s). Target, reported not asserted:
-the router adds <= 2 ms p50.
+Reports router added latency (router minus direct, per percentile, and the median and mean with
+a 95 % interval of the paired differences), the throughput ratio (router req/s / direct req/s),
+and the CPU time each arm costs per chat (client process, router process, the three services; read
+from /proc between calls), which resolves the router's own cost far better than latency on a busy
+2-core box. Target, reported not asserted: the router adds <= 2 ms p50.
 
-    python bench/router_overhead.py [--requests 40] [--clients 4] [--concurrent-requests 32]
+    python bench/router_overhead.py [--requests 40] [--clients 4] [--concurrent-requests 24] [--tracing-arm]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _mesh import DEFAULT_HOME, Mesh, install_stop_signals, model_line, percentile
+from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
 from forge.v1 import (
     common_pb2,
     embed_pb2,
@@ -60,6 +66,10 @@ from services.router.settings import RouterSettings
 from services.router.store import ChunkRecord, VectorStore
 
 TENANT = "bench"
+CLIENT = "client"
+SERVICES = "services"
+NOTRACE = "router, sampler off"
+ROUTER_SERVICES = {"router": "router", NOTRACE: "router-notrace"}  # arm -> its router's process name
 METADATA = (("x-forge-tenant", TENANT),)
 TARGET_P50_MS = 2.0
 CALL_TIMEOUT_S = 30.0
@@ -88,6 +98,7 @@ class Result:
     text: str
     sources: tuple[tuple[str, int], ...]
     stages: tuple[tuple[str, float], ...] = ()  # direct path only: (stage, seconds) in order
+    blocked: str = ""  # the stage and rails when a guardrail blocked the chat (it then ends early)
 
 
 @dataclass
@@ -95,13 +106,29 @@ class Samples:
     sequential: list[Result] = field(default_factory=list)
     concurrent: list[Result] = field(default_factory=list)
     concurrent_wall_s: float = 0.0
+    # CPU seconds used by each process group while this arm ran, per phase.
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add_cpu(self, phase: str, used: dict[str, float]) -> None:
+        totals = self.cpu.setdefault(phase, {})
+        for group, seconds in used.items():
+            totals[group] = totals.get(group, 0.0) + seconds
+
+    def cpu_ms(self, phase: str, group: str) -> float:
+        count = len(getattr(self, phase))
+        return self.cpu.get(phase, {}).get(group, 0.0) * 1000 / count if count else float("nan")
 
     def ms(self, phase: str) -> list[float]:
-        return [r.seconds * 1000 for r in getattr(self, phase)]
+        """Latencies of the chats that ran to the end (a blocked chat skips stages)."""
+        return [r.seconds * 1000 for r in getattr(self, phase) if not r.blocked]
+
+    def blocked(self, phase: str) -> list[str]:
+        return [r.blocked for r in getattr(self, phase) if r.blocked]
 
     @property
     def rate(self) -> float:
-        return len(self.concurrent) / self.concurrent_wall_s if self.concurrent_wall_s else float("nan")
+        done = len(self.ms("concurrent"))
+        return done / self.concurrent_wall_s if self.concurrent_wall_s else float("nan")
 
 
 def chat_request(max_tokens: int, top_k: int) -> router_pb2.ChatRequest:
@@ -112,24 +139,29 @@ def chat_request(max_tokens: int, top_k: int) -> router_pb2.ChatRequest:
     )
 
 
-def router_arm(stub: router_pb2_grpc.RouterServiceStub, request: router_pb2.ChatRequest) -> Arm:
+def router_arm(stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest) -> Arm:
     async def chat() -> Result:
         started = time.perf_counter()
         elapsed = None
         text: list[str] = []
         sources: tuple[tuple[str, int], ...] = ()
+        blocked = ""
         async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
             if reply.HasField("summary"):
                 elapsed = time.perf_counter() - started
                 summary = reply.summary
-                if summary.HasField("verdict") or summary.degraded:
-                    raise RuntimeError(f"router chat blocked or degraded: {summary}")
+                if summary.degraded:
+                    raise RuntimeError(f"router chat degraded (a dependency failed): {summary}")
+                if summary.HasField("verdict"):
+                    v = summary.verdict
+                    rails = ",".join(sorted({f.rail for f in v.findings})) or "policy"
+                    blocked = f"{guardrails_pb2.Stage.Name(v.stage).removeprefix('STAGE_').lower()}: {rails}"
                 sources = tuple((c.document_id, c.chunk_index) for c in summary.citations)
             else:
                 text.append(reply.delta)
         if elapsed is None:
             raise RuntimeError("router chat ended without a summary")
-        return Result(elapsed, "".join(text), sources)
+        return Result(elapsed, "".join(text), sources, blocked=blocked)
 
     return chat
 
@@ -153,13 +185,14 @@ class Direct:
         self.max_tokens = max_tokens
         self.top_k = top_k
 
-    async def check(self, text: str, stage: int) -> guardrails_pb2.CheckResponse:
-        reply = await self.guard.Check(
+    async def check(self, text: str, stage: guardrails_pb2.Stage.ValueType) -> guardrails_pb2.CheckResponse:
+        return await self.guard.Check(
             guardrails_pb2.CheckRequest(text=text, stage=stage), timeout=CALL_TIMEOUT_S
         )
-        if reply.decision == guardrails_pb2.DECISION_BLOCK:
-            raise RuntimeError(f"direct path: {guardrails_pb2.Stage.Name(stage)} rail blocked {text[:60]!r}")
-        return reply
+
+    @staticmethod
+    def why(stage: str, reply: guardrails_pb2.CheckResponse) -> str:
+        return f"{stage}: {','.join(sorted({f.rail for f in reply.findings})) or 'policy'}"
 
     async def ingest(self, chunker: Chunker, documents: dict[str, str]) -> int:
         total = 0
@@ -191,7 +224,7 @@ class Direct:
             stages.append((stage, now - mark))
             mark = now
 
-        _, embedded = await asyncio.gather(
+        verdict, embedded = await asyncio.gather(
             self.check(QUESTION, guardrails_pb2.STAGE_INPUT),
             self.embed.Embed(
                 embed_pb2.EmbedRequest(texts=[QUESTION], kind=embed_pb2.EMBED_KIND_QUERY),
@@ -199,6 +232,8 @@ class Direct:
             ),
         )
         lap("input rail + query embedding")
+        if verdict.decision == guardrails_pb2.DECISION_BLOCK:
+            return Result(time.perf_counter() - started, "", (), tuple(stages), self.why("input", verdict))
         hits = await self.store.search(
             TENANT, s.default_collection, list(embedded.embeddings[0].values), self.top_k, timeout_s=10.0
         )
@@ -208,6 +243,7 @@ class Direct:
         chunks = [
             ContextChunk(h.document_id, h.chunk_index, h.score, v.redacted_text or h.text, h.metadata)
             for h, v in zip(hits, verdicts, strict=True)
+            if v.decision != guardrails_pb2.DECISION_BLOCK
         ]
         messages = [
             common_pb2.ChatMessage(role=m.role, content=m.content)
@@ -229,6 +265,7 @@ class Direct:
         segmenter = Segmenter(s.output_segment_chars)
         answer: list[str] = []
         first = True
+        blocked = ""
         async for piece in stream:
             if first:
                 lap("generate: first token")
@@ -238,16 +275,21 @@ class Direct:
                 segments.append(segmenter.flush())
                 lap(f"generate: other {max(0, piece.usage.completion_tokens - 1)} tokens")
             for segment in segments:
-                if segment:
+                if segment and not blocked:
                     verdict = await self.check(segment, guardrails_pb2.STAGE_OUTPUT)
+                    if verdict.decision == guardrails_pb2.DECISION_BLOCK:
+                        blocked = self.why("output", verdict)
+                        stream.cancel()  # as the router does: closing the stream aborts the generation
                     answer.append(verdict.redacted_text or segment)
+            if blocked:
+                break
         lap("output rail")
         elapsed = time.perf_counter() - started
         sources = tuple((c.document_id, c.chunk_index) for c in chunks)
-        return Result(elapsed, "".join(answer), sources, tuple(stages))
+        return Result(elapsed, "".join(answer), sources, tuple(stages), blocked)
 
 
-async def ingest_via_router(stub: router_pb2_grpc.RouterServiceStub, documents: dict[str, str]) -> int:
+async def ingest_via_router(stub: router_pb2_grpc.RouterServiceAsyncStub, documents: dict[str, str]) -> int:
     requests = [
         router_pb2.IngestRequest(document=router_pb2.Document(id=i, text=t)) for i, t in documents.items()
     ]
@@ -255,7 +297,41 @@ async def ingest_via_router(stub: router_pb2_grpc.RouterServiceStub, documents: 
     return int(replies[-1].chunks_ingested)
 
 
-async def sequential(arms: dict[str, Arm], samples: dict[str, Samples], n: int) -> list[list[float]]:
+class CpuMeter:
+    """CPU time of process groups, read between calls (never inside a timed call). Groups: this
+    client with its Milvus Lite server, each router with its Lite server, and the three services
+    with their children (vLLM's engine core and worker)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.groups: dict[str, list[int]] = {}
+        backends: list[int] = []
+        for service in mesh.services.values():
+            tree = process_tree(service.process.pid)
+            if service.kind == "router":
+                self.groups[service.name] = tree
+            else:
+                backends += tree
+        self.groups[SERVICES] = backends
+        taken = {pid for pids in self.groups.values() for pid in pids}
+        self.groups[CLIENT] = [pid for pid in process_tree(os.getpid()) if pid not in taken]  # self first
+
+    def start(self) -> dict[str, float]:
+        """Readings before a measured stretch: this client's own last, after reading the others."""
+        return {**{g: cpu_seconds(p) for g, p in self.groups.items() if g != CLIENT}, CLIENT: self._client()}
+
+    def stop(self, before: dict[str, float]) -> dict[str, float]:
+        """CPU used since `start`: this client's own read first, so reading /proc is not counted."""
+        client = self._client()
+        after = {g: cpu_seconds(p) for g, p in self.groups.items() if g != CLIENT}
+        return {CLIENT: client - before[CLIENT], **{g: after[g] - before[g] for g in after}}
+
+    def _client(self) -> float:
+        return float(time.process_time() + cpu_seconds(self.groups[CLIENT][1:]))  # this process, its Lite
+
+
+async def sequential(
+    arms: dict[str, Arm], samples: dict[str, Samples], n: int, meter: CpuMeter
+) -> list[list[float]]:
     """Each iteration runs every arm once, in an order rotated per iteration; returns the per-iteration
     latencies (ms) in arm order, for paired differences."""
     names = list(arms)
@@ -264,15 +340,22 @@ async def sequential(arms: dict[str, Arm], samples: dict[str, Samples], n: int) 
         order = names[i % len(names) :] + names[: i % len(names)]
         got = {}
         for name in order:
+            before = meter.start()
             result = await arms[name]()
+            samples[name].add_cpu("sequential", meter.stop(before))
             samples[name].sequential.append(result)
-            got[name] = result.seconds * 1000
+            got[name] = float("nan") if result.blocked else result.seconds * 1000
         paired.append([got[name] for name in names])
     return paired
 
 
 async def concurrent(
-    arms: dict[str, Arm], samples: dict[str, Samples], clients: int, requests: int, rounds: int
+    arms: dict[str, Arm],
+    samples: dict[str, Samples],
+    clients: int,
+    requests: int,
+    rounds: int,
+    meter: CpuMeter,
 ) -> None:
     """`requests` per arm in `rounds` blocks; within a block `clients` callers drain a shared count."""
     names = list(arms)
@@ -288,13 +371,28 @@ async def concurrent(
                     left -= 1
                     samples[name].concurrent.append(await arms[name]())
 
+            before = meter.start()
             started = time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(clients)))
             samples[name].concurrent_wall_s += time.perf_counter() - started
+            samples[name].add_cpu("concurrent", meter.stop(before))
 
 
 def signed(value: float) -> str:
     return f"{value:+.1f}"
+
+
+def paired_diffs(paired: list[list[float]], a: int, b: int) -> list[float]:
+    """a minus b in each iteration where neither chat was blocked."""
+    return [row[a] - row[b] for row in paired if not (math.isnan(row[a]) or math.isnan(row[b]))]
+
+
+def mean_ci(values: list[float]) -> str:
+    """Mean with a normal-approximation 95% interval: how finely this run can resolve a difference."""
+    if len(values) < 2:
+        return signed(statistics.fmean(values)) if values else "n/a"
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{statistics.fmean(values):+.1f} +/- {half:.1f}"
 
 
 def report(
@@ -312,26 +410,28 @@ def report(
         f"{len(DOCUMENTS)} documents ({chunks[0]} chunks via router, {chunks[1]} direct), "
         f"tenant {TENANT!r}; {args.warmup} warm-up per arm\n"
     )
-    print("| phase | path | requests | p50 ms | p99 ms | mean ms | req/s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| phase | path | completed | blocked | p50 ms | p99 ms | mean ms | req/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for phase, label in (
         ("sequential", "sequential, 1 client"),
         ("concurrent", f"concurrent, {args.clients} clients"),
     ):
         for name in names:
-            ms = samples[name].ms(phase)
-            if not ms:
+            if not getattr(samples[name], phase):
                 continue
-            rate = samples[name].rate if phase == "concurrent" else len(ms) / (sum(ms) / 1000)
+            ms = samples[name].ms(phase)
+            mean = statistics.fmean(ms) if ms else float("nan")
+            rate = samples[name].rate if phase == "concurrent" else 1000 / mean
             print(
-                f"| {label} | {name} | {len(ms)} | {percentile(ms, 50):.1f} | {percentile(ms, 99):.1f} | "
-                f"{statistics.fmean(ms):.1f} | {rate:.2f} |"
+                f"| {label} | {name} | {len(ms)} | {len(samples[name].blocked(phase))} | "
+                f"{percentile(ms, 50):.1f} | {percentile(ms, 99):.1f} | {mean:.1f} | {rate:.2f} |"
             )
 
     col = {name: i for i, name in enumerate(names)}
     d_seq, r_seq = direct.ms("sequential"), router.ms("sequential")
     added_p50 = percentile(r_seq, 50) - percentile(d_seq, 50)
     verdict = "meets" if added_p50 <= TARGET_P50_MS else "MISSES"
+    diffs = paired_diffs(paired, col["router"], col["direct"])
     rows: list[tuple[str, str, str]] = [
         ("router added latency p50, 1 client (ms)", signed(added_p50), f"<= {TARGET_P50_MS:g} ({verdict})"),
         (
@@ -339,9 +439,15 @@ def report(
             signed(percentile(r_seq, 99) - percentile(d_seq, 99)),
             "",
         ),
+        ("median of paired differences router - direct, 1 client (ms)", signed(statistics.median(diffs)), ""),
+        ("mean of paired differences, 1 client, with 95% CI (ms)", mean_ci(diffs), ""),
         (
-            "median of paired differences router - direct, 1 client (ms)",
-            signed(statistics.median(row[col["router"]] - row[col["direct"]] for row in paired)),
+            "router CPU per chat, 1 client: (client + router) - client of direct (ms)",
+            signed(
+                router.cpu_ms("sequential", CLIENT)
+                + router.cpu_ms("sequential", "router")
+                - direct.cpu_ms("sequential", CLIENT)
+            ),
             "",
         ),
     ]
@@ -361,7 +467,7 @@ def report(
             ),
             (f"throughput ratio router / direct, {c} clients", f"{router.rate / direct.rate:.3f}", ""),
         ]
-    off_name = "router, sampler off"
+    off_name = NOTRACE
     if off_name in samples:
         off = samples[off_name]
         rows += [
@@ -372,7 +478,7 @@ def report(
             ),
             (
                 "tracing cost, median of paired differences, 1 client (ms)",
-                signed(statistics.median(row[col["router"]] - row[col[off_name]] for row in paired)),
+                signed(statistics.median(paired_diffs(paired, col["router"], col[off_name]))),
                 "",
             ),
         ]
@@ -389,18 +495,41 @@ def report(
     for metric, value, target in rows:
         print(f"| {metric} | {value} | {target} |")
 
+    print(
+        "\n| phase | path | CPU ms/chat: client (+ its Lite) | its router (+ Lite) | llm+embed+guardrails |"
+    )
+    print("|---|---|---:|---:|---:|")
+    for phase in ("sequential", "concurrent"):
+        for name in names:
+            if getattr(samples[name], phase):
+                mine = samples[name].cpu_ms(phase, ROUTER_SERVICES[name]) if name in ROUTER_SERVICES else 0.0
+                print(
+                    f"| {phase} | {name} | {samples[name].cpu_ms(phase, CLIENT):.1f} | {mine:.1f} | "
+                    f"{samples[name].cpu_ms(phase, SERVICES):.1f} |"
+                )
+
     print("\n| direct path stage (sequential) | p50 ms | mean ms |")
     print("|---|---:|---:|")
     for i, (stage, _) in enumerate(direct.sequential[0].stages):
         ms = [r.stages[i][1] * 1000 for r in direct.sequential if len(r.stages) > i]
         print(f"| {stage} | {percentile(ms, 50):.1f} | {statistics.fmean(ms):.1f} |")
 
-    pairs = list(zip(router.sequential, direct.sequential, strict=True))
+    for name in names:
+        for phase in ("sequential", "concurrent"):
+            reasons = samples[name].blocked(phase)
+            if reasons:
+                counts = ", ".join(f"{r} x{reasons.count(r)}" for r in sorted(set(reasons)))
+                print(f"blocked by a guardrail ({name}, {phase}): {counts}")
+    pairs = [
+        (r, d)
+        for r, d in zip(router.sequential, direct.sequential, strict=True)
+        if not (r.blocked or d.blocked)
+    ]
     same_text = sum(r.text == d.text for r, d in pairs)
     same_sources = sum(r.sources == d.sources for r, d in pairs)
     print(
         f"\nsanity (sequential): identical answers {same_text}/{len(pairs)}, identical citations "
-        f"{same_sources}/{len(pairs)}; answer {router.sequential[0].text!r}"
+        f"{same_sources}/{len(pairs)}; answer {pairs[0][0].text if pairs else ''!r}"
     )
     print(env_line)
 
@@ -413,7 +542,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up requests per arm")
     parser.add_argument("--clients", type=int, default=4, help="callers in the concurrent phase")
     parser.add_argument(
-        "--concurrent-requests", type=int, default=32, help="concurrent-phase requests per arm"
+        "--concurrent-requests", type=int, default=24, help="concurrent-phase requests per arm"
     )
     parser.add_argument("--rounds", type=int, default=2, help="concurrent-phase blocks per arm")
     parser.add_argument("--max-tokens", type=int, default=8)
@@ -421,8 +550,8 @@ async def main() -> int:
     parser.add_argument(
         "--tracing-arm",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also run a router with OTEL_TRACES_SAMPLER=always_off",
+        default=False,
+        help="also run a router with OTEL_TRACES_SAMPLER=always_off (adds ~1.5 min)",
     )
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FORGE_HOME with the model prepared")
     args = parser.parse_args()
@@ -449,8 +578,8 @@ async def main() -> int:
                     "router": await mesh.start("router", "router", mesh.router_env(workdir / "router.db"))
                 }
                 if args.tracing_arm:
-                    routers["router, sampler off"] = await mesh.start(
-                        "router-notrace",
+                    routers[NOTRACE] = await mesh.start(
+                        ROUTER_SERVICES[NOTRACE],
                         "router",
                         mesh.router_env(workdir / "notrace.db", {"OTEL_TRACES_SAMPLER": "always_off"}),
                     )
@@ -477,10 +606,13 @@ async def main() -> int:
                     for arm in arms.values():
                         await arm()
                 print("sequential phase", file=sys.stderr)
-                paired = await sequential(arms, samples, args.requests)
+                meter = CpuMeter(mesh)
+                paired = await sequential(arms, samples, args.requests, meter)
                 if args.concurrent_requests > 0:
                     print("concurrent phase", file=sys.stderr)
-                    await concurrent(arms, samples, args.clients, args.concurrent_requests, args.rounds)
+                    await concurrent(
+                        arms, samples, args.clients, args.concurrent_requests, args.rounds, meter
+                    )
                 env_line = await model_line(llm.address)
             finally:
                 for channel in channels.values():
@@ -492,4 +624,11 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    try:
+        sys.exit(asyncio.run(main()))
+    except (
+        KeyboardInterrupt,
+        asyncio.CancelledError,
+    ):  # Ctrl-C / SIGTERM: the mesh was stopped on the way out
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

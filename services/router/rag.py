@@ -21,7 +21,7 @@ from typing import TypeVar
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.router import metrics
 from services.router.admission import AdmissionController, Priority
 from services.router.budget import Candidate, context_budget, fit_chunks
@@ -188,12 +188,20 @@ class ChatOrchestrator:
             }
         )
         async with contextlib.AsyncExitStack() as session:
-            with tracer.start_as_current_span("router.admission") as span:
+            # A refusal is an expected outcome: a reason attribute, not a formatted traceback
+            # (recording it measured ~2 ms of CPU per refusal).
+            with tracer.start_as_current_span(
+                "router.admission", record_exception=False, set_status_on_exception=False
+            ) as span:
                 span.set_attribute("forge.tenant", tenant)
                 span.set_attribute("forge.priority", request.priority.name.lower())
-                admitted = await session.enter_async_context(
-                    self.admission.session(tenant, request.priority, deadline.remaining())
-                )
+                try:
+                    admitted = await session.enter_async_context(
+                        self.admission.session(tenant, request.priority, deadline.remaining())
+                    )
+                except ResourceExhausted as refused:
+                    span.set_attribute("forge.rejected", refused.reason)
+                    raise
                 span.set_attribute("forge.queued_s", admitted.queued_s)
             try:
                 async for event in self._grounded_answer(tenant, request, collection, top_k, deadline):

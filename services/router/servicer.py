@@ -155,6 +155,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             disable_retrieval=request.disable_retrieval,
         )
         trace_id = current_trace_id()
+        # Up front, so a client has the trace id before the first text (which the output rail
+        # releases a sentence at a time).
         await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
         async for event in self._chat.chat(tenant, chat, deadline_of(context)):
             if isinstance(event, ChatDelta):

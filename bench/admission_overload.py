@@ -1,0 +1,351 @@
+"""Admission under overload: the router at max_sessions = C with the default no-queue admission,
+driven first at capacity (C closed-loop clients), then at 4x capacity (4C closed-loop clients).
+
+The mesh (llm, embed, guardrails, router) runs as separate `forge serve` processes; this process is
+the client. Each call is RouterService/Chat with disable_retrieval, greedy and a fixed small
+max_tokens, so every admitted session does the same short but real work (input rail, token count,
+generation, output rail). A call is timed from its start to the end of its stream (OK) or to its
+error. A client whose call is refused retries after max(--retry-min-ms, --retry-scale x the
+RetryInfo delay the router sent), jittered by +/-25 % so the refused clients do not move in step;
+an admitted client starts its next call at once (closed loop, no think time).
+
+Reports, per phase: accepted calls and accepted/s, accepted latency p50/p99 and its ratio to the
+at-capacity baseline, rejection latency p50/p99 (call start to RESOURCE_EXHAUSTED), every status
+code seen with its ErrorInfo reason and count, the router's CPU use (from /proc; with an estimate
+of its CPU per rejection), and the router's own AdminService/GetCapacity counters next to the
+client's counts. --csv writes every call with its start time, to see when slow answers cluster.
+Targets, reported not asserted: RESOURCE_EXHAUSTED is the only failure under overload, and refusals
+are answered in <= 5 ms p99.
+
+    python bench/admission_overload.py [--capacity 4] [--duration 30] [--overload 4] [--csv calls.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import csv
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
+from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+
+TENANT = "bench"
+METADATA = (("x-forge-tenant", TENANT),)
+QUESTION = "Name three colours of the rainbow."
+CALL_TIMEOUT_S = 120.0
+TARGET_REJECTION_P99_MS = 5.0
+OK = "OK"
+REJECTED = "RESOURCE_EXHAUSTED"
+
+
+@dataclass(frozen=True)
+class Call:
+    client: int
+    at_s: float  # start, from the beginning of the phase
+    seconds: float
+    code: str  # gRPC status code name
+    detail: str = ""  # ErrorInfo reason of an error; the guardrail verdict of a blocked answer
+    retry_after_s: float | None = None
+
+    @property
+    def completed(self) -> bool:
+        """Admitted and answered in full (a blocked answer skipped the generation)."""
+        return self.code == OK and not self.detail
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    calls: list[Call]
+    wall_s: float
+    router_cpu_s: float  # CPU time of the router process (and its Milvus Lite server) in the phase
+    client_cpu_s: float
+
+    def ms(self, *, code: str, completed: bool = False) -> list[float]:
+        return [c.seconds * 1000 for c in self.calls if c.code == code and (c.completed or not completed)]
+
+    def count(self, code: str) -> int:
+        return sum(c.code == code for c in self.calls)
+
+
+def error_details(err: aio.AioRpcError) -> tuple[str, float | None]:
+    """ErrorInfo reason and RetryInfo delay of a rich error status, when present."""
+    status = rpc_status.from_call(err)
+    reason, retry_after = "", None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            retry_after = info.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            error_info = error_details_pb2.ErrorInfo()
+            detail.Unpack(error_info)
+            reason = error_info.reason
+    return reason, retry_after
+
+
+async def one_chat(
+    stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest, client: int, origin: float
+) -> Call:
+    started = time.perf_counter()
+    at = started - origin
+    verdict = ""
+    try:
+        summary = None
+        async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
+            if reply.HasField("summary"):
+                summary = reply.summary
+        if summary is None:
+            return Call(client, at, time.perf_counter() - started, "OK_WITHOUT_SUMMARY")
+        if summary.HasField("verdict"):
+            v = summary.verdict
+            stage = guardrails_pb2.Stage.Name(v.stage).removeprefix("STAGE_").lower()
+            verdict = f"blocked, {stage}: {','.join(sorted({f.rail for f in v.findings})) or 'policy'}"
+    except aio.AioRpcError as err:
+        elapsed = time.perf_counter() - started
+        reason, retry_after = error_details(err)
+        return Call(client, at, elapsed, err.code().name, reason, retry_after)
+    return Call(client, at, time.perf_counter() - started, OK, verdict)
+
+
+async def run_phase(
+    name: str,
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    request: router_pb2.ChatRequest,
+    clients: int,
+    duration_s: float,
+    args: argparse.Namespace,
+    router_pids: list[int],
+) -> Phase:
+    """`clients` closed-loop callers start calls for `duration_s`; calls in flight at the end finish
+    and count, and the phase lasts until the last one does."""
+    rng = random.Random(args.seed)
+    calls: list[Call] = []
+    router_cpu, client_cpu = cpu_seconds(router_pids), time.process_time()
+    started = time.perf_counter()
+    end = started + duration_s
+
+    async def client(i: int) -> None:
+        while time.perf_counter() < end:
+            call = await one_chat(stub, request, i, started)
+            calls.append(call)
+            if call.code == OK:
+                continue
+            hint = call.retry_after_s if call.retry_after_s is not None else 0.0
+            pause = max(args.retry_min_ms / 1000, args.retry_scale * hint) * rng.uniform(0.75, 1.25)
+            await asyncio.sleep(max(0.0, min(pause, end - time.perf_counter())))
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    wall = time.perf_counter() - started
+    return Phase(
+        name, clients, calls, wall, cpu_seconds(router_pids) - router_cpu, time.process_time() - client_cpu
+    )
+
+
+def write_csv(path: Path, phases: list[Phase]) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["phase", "client", "start_s", "ms", "status", "detail", "retry_after_s"])
+        for phase in phases:
+            for c in sorted(phase.calls, key=lambda c: c.at_s):
+                out.writerow(
+                    [
+                        phase.name,
+                        c.client,
+                        f"{c.at_s:.4f}",
+                        f"{c.seconds * 1000:.2f}",
+                        c.code,
+                        c.detail,
+                        c.retry_after_s,
+                    ]
+                )
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}" if base and base == base else "n/a"
+
+
+def report(
+    args: argparse.Namespace,
+    phases: list[Phase],
+    warmup: list[Call],
+    before: router_pb2.GetCapacityResponse,
+    after: router_pb2.GetCapacityResponse,
+    env_line: str,
+) -> None:
+    base = phases[0]
+    base_ms = base.ms(code=OK, completed=True)
+    print(
+        f"\n## Admission under overload: max_sessions {args.capacity}, no queue\n\n"
+        f"Chat {QUESTION!r}, disable_retrieval, greedy, max_tokens {args.max_tokens}; {args.duration:g} s "
+        f"per phase, closed loop; refused clients retry after max({args.retry_min_ms:g} ms, "
+        f"{args.retry_scale:g} x RetryInfo) +/-25 %\n"
+    )
+    print(
+        "| phase | clients | calls | accepted | accepted/s | accepted p50 ms | p99 ms | p50 vs base | "
+        "p99 vs base | rejected | rejection p50 ms | rejection p99 ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for phase in phases:
+        ok = phase.ms(code=OK, completed=True)
+        rejected = phase.ms(code=REJECTED)
+        print(
+            f"| {phase.name} | {phase.clients} | {len(phase.calls)} | {len(ok)} | "
+            f"{len(ok) / phase.wall_s:.2f} | "
+            f"{percentile(ok, 50):.1f} | {percentile(ok, 99):.1f} | "
+            f"{ratio(percentile(ok, 50), percentile(base_ms, 50))} | "
+            f"{ratio(percentile(ok, 99), percentile(base_ms, 99))} | {len(rejected)} | "
+            f"{percentile(rejected, 50):.2f} | {percentile(rejected, 99):.2f} |"
+        )
+
+    print("\n| phase | router CPU, cores | router CPU ms per call | client CPU, cores | attempts/s |")
+    print("|---|---:|---:|---:|---:|")
+    for phase in phases:
+        print(
+            f"| {phase.name} | {phase.router_cpu_s / phase.wall_s:.2f} | "
+            f"{phase.router_cpu_s * 1000 / max(1, len(phase.calls)):.2f} | "
+            f"{phase.client_cpu_s / phase.wall_s:.2f} | {len(phase.calls) / phase.wall_s:.1f} |"
+        )
+    over = phases[-1]
+    accepted_cost = base.router_cpu_s / max(1, base.count(OK))
+    rejections = over.count(REJECTED)
+    if rejections:
+        per_rejection = (over.router_cpu_s - over.count(OK) * accepted_cost) / rejections
+        print(
+            f"router CPU per rejection ~ (overload router CPU - accepted x {accepted_cost * 1000:.1f} ms, "
+            f"the baseline's CPU per call) / {rejections} rejections = {per_rejection * 1000:.2f} ms"
+        )
+
+    print("\n| phase | status | reason / verdict | calls | p50 ms | max ms |")
+    print("|---|---|---|---:|---:|---:|")
+    for phase in phases:
+        groups: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        for c in phase.calls:
+            groups[(c.code, c.detail)].append(c.seconds * 1000)
+        for (code, detail), ms in sorted(groups.items()):
+            print(
+                f"| {phase.name} | {code} | {detail} | {len(ms)} | {percentile(ms, 50):.2f} | {max(ms):.2f} |"
+            )
+
+    every = [c for phase in phases for c in phase.calls]
+    print("\n| counter | router GetCapacity, end | router, delta over both phases | client, both phases |")
+    print("|---|---:|---:|---:|")
+    admitted_by_client = sum(c.code == OK for c in every)  # admitted sessions end OK (or with a verdict)
+    print(
+        f"| admitted_total | {after.admitted_total} | {after.admitted_total - before.admitted_total} | "
+        f"{admitted_by_client} |"
+    )
+    for reason in sorted(after.rejected_total):
+        ours = sum(c.code == REJECTED and c.detail == reason for c in every)
+        delta = after.rejected_total[reason] - before.rejected_total.get(reason, 0)
+        print(f"| rejected_total[{reason}] | {after.rejected_total[reason]} | {delta} | {ours} |")
+    print(
+        f"(the end totals include {len(warmup)} warm-up call(s); GetCapacity at the end: "
+        f"{after.active_sessions} active, max_sessions {after.max_sessions}, queue "
+        f"{'on' if after.queue_enabled else 'off'})"
+    )
+
+    per_client = collections.Counter(c.client for c in over.calls if c.code == OK)
+    accepted_counts = sorted(per_client.get(i, 0) for i in range(over.clients))
+    others = sorted({c.code for c in over.calls} - {OK, REJECTED})
+    rejection_p99 = percentile(over.ms(code=REJECTED), 99)
+    verdict = "meets" if rejection_p99 <= TARGET_REJECTION_P99_MS else "MISSES"
+    print(
+        f"\nfairness under overload: accepted calls per client min {accepted_counts[0]}, median "
+        f"{statistics.median(accepted_counts):g}, max {accepted_counts[-1]} ({over.clients} clients)"
+    )
+    print(
+        "targets: failures other than RESOURCE_EXHAUSTED under overload: "
+        f"{', '.join(others) if others else 'none'} ({'MISSES' if others else 'meets'}); "
+        f"rejection p99 <= {TARGET_REJECTION_P99_MS:g} ms: {rejection_p99:.2f} ms ({verdict})"
+    )
+    print(env_line)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--capacity", type=int, default=4, help="router max_sessions (C)")
+    parser.add_argument("--overload", type=int, default=4, help="overload clients = this x capacity")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=4, help="sequential warm-up chats")
+    parser.add_argument("--retry-min-ms", type=float, default=50.0, help="shortest pause before a retry")
+    parser.add_argument("--retry-scale", type=float, default=0.5, help="share of the RetryInfo delay to wait")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the retry jitter")
+    parser.add_argument(
+        "--csv", type=Path, help="also write every call (phase, client, start, ms, status) here"
+    )
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FORGE_HOME with the model prepared")
+    args = parser.parse_args()
+    install_stop_signals()
+
+    request = router_pb2.ChatRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
+        params=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0.0),
+        disable_retrieval=True,
+    )
+    admission = {
+        "FORGE_PROFILE__ADMISSION__MAX_SESSIONS": str(args.capacity),
+        "FORGE_PROFILE__ADMISSION__MAX_SESSIONS_PER_TENANT": "0",
+        "FORGE_PROFILE__ADMISSION__QUEUE__ENABLED": "false",
+    }
+    with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
+        workdir = Path(tmp)
+        async with Mesh(workdir, args.home) as mesh:
+            started = time.perf_counter()
+            llm, embed, guardrails = await mesh.start_backends()
+            await mesh.ready(embed)
+            router = await mesh.start("router", "router", mesh.router_env(workdir / "router.db", admission))
+            for service in (guardrails, router, llm):
+                await mesh.ready(service)
+            print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            async with aio.insecure_channel(router.address) as channel:
+                stub = router_pb2_grpc.RouterServiceStub(channel)
+                admin = router_pb2_grpc.AdminServiceStub(channel)
+                origin = time.perf_counter()
+                warmup = [await one_chat(stub, request, -1, origin) for _ in range(args.warmup)]
+                failed = [c for c in warmup if c.code != OK]
+                if failed:
+                    raise RuntimeError(f"warm-up chats failed: {failed}")
+                router_pids = process_tree(router.process.pid)
+                before = await admin.GetCapacity(router_pb2.GetCapacityRequest(), timeout=10)
+                phases = []
+                for name, clients in (
+                    ("at capacity", args.capacity),
+                    (f"{args.overload}x capacity", args.overload * args.capacity),
+                ):
+                    print(f"phase {name}: {clients} clients for {args.duration:g} s", file=sys.stderr)
+                    phases.append(
+                        await run_phase(name, stub, request, clients, args.duration, args, router_pids)
+                    )
+                after = await admin.GetCapacity(router_pb2.GetCapacityRequest(), timeout=10)
+            env_line = await model_line(llm.address)
+    report(args, phases, warmup, before, after, env_line)
+    if args.csv is not None:
+        write_csv(args.csv, phases)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main()))
+    except (
+        KeyboardInterrupt,
+        asyncio.CancelledError,
+    ):  # Ctrl-C / SIGTERM: the mesh was stopped on the way out
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
