@@ -36,9 +36,9 @@ from pathlib import Path
 
 from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
 from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
+
+from services.common.status import retry_details
 
 TENANT = "bench"
 METADATA = (("x-forge-tenant", TENANT),)
@@ -82,18 +82,8 @@ class Phase:
 
 def error_details(err: aio.AioRpcError) -> tuple[str, float | None]:
     """ErrorInfo reason and RetryInfo delay of a rich error status, when present."""
-    status = rpc_status.from_call(err)
-    reason, retry_after = "", None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            retry_after = info.retry_delay.ToNanoseconds() / 1e9
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            error_info = error_details_pb2.ErrorInfo()
-            detail.Unpack(error_info)
-            reason = error_info.reason
-    return reason, retry_after
+    retry_after, reason = retry_details(err)
+    return reason or "", retry_after
 
 
 async def one_chat(

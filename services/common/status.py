@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc import aio
 from grpc_status import rpc_status
 
 from services.common.errors import (
@@ -67,6 +68,24 @@ def status_for(error: ForgeError) -> grpc.Status:
     for detail in details:
         status.details.add().Pack(detail)
     return rpc_status.to_status(status)  # type: ignore[no-any-return]
+
+
+def retry_details(call: grpc.Call | aio.AioRpcError) -> tuple[float | None, str | None]:
+    """The RetryInfo delay (seconds) and ErrorInfo reason of a failed call's rich status, each None
+    when absent: what a client of a Forge service (or the router, of another service) acts on."""
+    status = rpc_status.from_call(call)
+    retry_after: float | None = None
+    reason: str | None = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    return retry_after, reason
 
 
 INTERNAL_ERROR_MESSAGE = "internal error; the server log has the details"

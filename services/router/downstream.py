@@ -22,7 +22,6 @@ from forge.v1 import (
     ops_pb2,
     ops_pb2_grpc,
 )
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from services.common import telemetry
@@ -33,6 +32,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.status import retry_details
 from services.router.admission import Priority
 from services.router.ports import (
     Decision,
@@ -45,7 +45,6 @@ from services.router.ports import (
     Stage,
 )
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -61,26 +60,6 @@ def open_channel(address: str) -> aio.Channel:
     )
 
 
-def _status_details(err: aio.AioRpcError) -> tuple[float | None, str | None]:
-    """RetryInfo delay and ErrorInfo reason from the error's rich status, when it has them."""
-    retry_after: float | None = None
-    reason: str | None = None
-    for key, value in err.trailing_metadata() or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                retry_after = info.retry_delay.ToNanoseconds() / 1e9
-            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                error_info = error_details_pb2.ErrorInfo()
-                detail.Unpack(error_info)
-                reason = error_info.reason
-    return retry_after, reason
-
-
 def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None = None) -> ForgeError:
     """What a failed downstream call means for the router's caller."""
     code = err.code()
@@ -89,7 +68,7 @@ def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None 
         within = f" within {timeout_s:.2f}s" if timeout_s is not None else ""
         return DeadlineExceeded(f"{dependency} did not answer{within} (the caller's deadline, split)")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry_after, reason = _status_details(err)
+        retry_after, reason = retry_details(err)
         return ResourceExhausted(
             reason or f"{dependency.upper()}_BUSY", f"{dependency}: {details}", retry_after or 1.0
         )

@@ -14,12 +14,11 @@ from typing import Any
 import grpc
 import pytest
 from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
 
 from services.common.config import AdmissionConfig, QueueConfig, load_profile
 from services.common.server import ForgeServer
+from services.common.status import retry_details
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings
 from tests.helpers import free_port, grpcurl, serving, wait_until
@@ -106,18 +105,6 @@ async def answer(call: Any) -> tuple[str, router_pb2.ChatSummary]:
             text.append(reply.delta)
     assert summary is not None, "the stream must end with a summary"
     return "".join(text), summary
-
-
-def error_details(err: aio.AioRpcError) -> tuple[float, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    retry, info = error_details_pb2.RetryInfo(), error_details_pb2.ErrorInfo()
-    for detail in status.details:
-        if detail.Is(retry.DESCRIPTOR):
-            detail.Unpack(retry)
-        elif detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-    return retry.retry_delay.ToNanoseconds() / 1e9, info.reason
 
 
 async def test_answer_cites_the_ingested_document(router: Any) -> None:
@@ -228,7 +215,7 @@ async def test_over_the_session_limit_exactly_the_extra_chats_are_rejected(
         assert len(rejected) == 3 and len(completed) == 2, outcomes
         for err in rejected:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            retry_after, reason = error_details(err)
+            retry_after, reason = retry_details(err)
             assert reason == "SESSION_LIMIT" and retry_after > 0
         capacity = await admin.GetCapacity(router_pb2.GetCapacityRequest())
         assert capacity.rejected_total["SESSION_LIMIT"] == 3 and capacity.admitted_total == 2
