@@ -36,7 +36,6 @@ from services.common.status import retry_details
 from services.router.admission import Priority
 from services.router.ports import (
     Decision,
-    FinishReason,
     Generated,
     Message,
     RailFinding,
@@ -44,6 +43,7 @@ from services.router.ports import (
     Sampling,
     Stage,
 )
+from services.router.wire import DECISION_FROM_PB, FINISH_FROM_PB, PRIORITY_TO_PB, STAGE_TO_PB
 
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -99,19 +99,6 @@ class GrpcEmbeddings:
         return int(reply.dimension)
 
 
-_STAGES = {
-    Stage.INPUT: guardrails_pb2.STAGE_INPUT,
-    Stage.RETRIEVAL: guardrails_pb2.STAGE_RETRIEVAL,
-    Stage.OUTPUT: guardrails_pb2.STAGE_OUTPUT,
-}
-_DECISIONS = {
-    guardrails_pb2.DECISION_UNSPECIFIED: Decision.ALLOW,
-    guardrails_pb2.DECISION_ALLOW: Decision.ALLOW,
-    guardrails_pb2.DECISION_REDACT: Decision.REDACT,
-    guardrails_pb2.DECISION_BLOCK: Decision.BLOCK,
-}
-
-
 class GrpcGuardrails:
     dependency = "guardrails"
 
@@ -121,26 +108,15 @@ class GrpcGuardrails:
     async def check(self, text: str, stage: Stage, timeout_s: float) -> RailVerdict:
         try:
             reply = await self._stub.Check(
-                guardrails_pb2.CheckRequest(text=text, stage=_STAGES[stage]), timeout=timeout_s
+                guardrails_pb2.CheckRequest(text=text, stage=STAGE_TO_PB[stage]), timeout=timeout_s
             )
         except aio.AioRpcError as err:
             raise domain_error(self.dependency, err, timeout_s) from err
         return RailVerdict(
-            decision=_DECISIONS.get(reply.decision, Decision.BLOCK),
+            decision=DECISION_FROM_PB.get(reply.decision, Decision.BLOCK),
             findings=tuple(RailFinding(f.rail, f.category, f.score, f.start, f.end) for f in reply.findings),
             redacted_text=reply.redacted_text,
         )
-
-
-_FINISH = {
-    common_pb2.FINISH_REASON_STOP: FinishReason.STOP,
-    common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-    common_pb2.FINISH_REASON_BLOCKED: FinishReason.BLOCKED,
-}
-_PRIORITIES = {
-    Priority.INTERACTIVE: common_pb2.PRIORITY_INTERACTIVE,
-    Priority.BATCH: common_pb2.PRIORITY_BATCH,
-}
 
 
 def _messages(messages: Sequence[Message]) -> list[common_pb2.ChatMessage]:
@@ -197,13 +173,13 @@ class GrpcLlm:
                 messages=_messages(messages),
                 params=params,
                 request_id=request_id,
-                priority=_PRIORITIES[priority],
+                priority=PRIORITY_TO_PB[priority],
             ),
             timeout=timeout_s,
         )
         try:
             async for reply in call:
-                finish = _FINISH.get(reply.finish_reason)
+                finish = FINISH_FROM_PB.get(reply.finish_reason)
                 yield Generated(
                     text=reply.text,
                     finish_reason=finish,

@@ -14,35 +14,16 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.router.admission import Priority
 from services.router.deadline import Deadline
 from services.router.ingest import DocumentInput, Ingestor
-from services.router.ports import Decision, FinishReason, Message, Sampling, Stage
+from services.router.ports import Message, Sampling
 from services.router.rag import ChatDelta, ChatEnd, ChatInput, ChatOrchestrator, validate_collection
 from services.router.store import StoreUnavailable, VectorStore
+from services.router.wire import DECISION_TO_PB, FINISH_TO_PB, PRIORITY_FROM_PB, STAGE_TO_PB
 
 TENANT_HEADER = "x-forge-tenant"
 TRACE_ID_HEADER = "x-forge-trace-id"
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
-_PRIORITIES: dict[int, Priority] = {
-    common_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
-    common_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
-    common_pb2.PRIORITY_BATCH: Priority.BATCH,
-}
-_DECISIONS = {
-    Decision.ALLOW: guardrails_pb2.DECISION_ALLOW,
-    Decision.REDACT: guardrails_pb2.DECISION_REDACT,
-    Decision.BLOCK: guardrails_pb2.DECISION_BLOCK,
-}
-_STAGES = {
-    Stage.INPUT: guardrails_pb2.STAGE_INPUT,
-    Stage.RETRIEVAL: guardrails_pb2.STAGE_RETRIEVAL,
-    Stage.OUTPUT: guardrails_pb2.STAGE_OUTPUT,
-}
-_FINISH = {
-    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    FinishReason.BLOCKED: common_pb2.FINISH_REASON_BLOCKED,
-}
 
 Context = aio.ServicerContext[object, object]
 
@@ -80,8 +61,8 @@ def _sampling(params: common_pb2.SamplingParams) -> Sampling:
     )
 
 
-def _priority(value: int) -> Priority:
-    priority = _PRIORITIES.get(value)
+def _priority(value: common_pb2.Priority.ValueType) -> Priority:
+    priority = PRIORITY_FROM_PB.get(value)
     if priority is None:
         raise InvalidArgument("priority", f"must be PRIORITY_INTERACTIVE or PRIORITY_BATCH, got {value}")
     return priority
@@ -96,14 +77,14 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
         usage=common_pb2.Usage(prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens),
         trace_id=trace_id,
         degraded=end.degraded,
-        finish_reason=_FINISH[end.finish_reason],
+        finish_reason=FINISH_TO_PB[end.finish_reason],
     )
     if end.verdict is not None:
         v = end.verdict
         summary.verdict.CopyFrom(
             router_pb2.Verdict(
-                decision=_DECISIONS[v.decision],
-                stage=_STAGES[v.stage],
+                decision=DECISION_TO_PB[v.decision],
+                stage=STAGE_TO_PB[v.stage],
                 findings=[
                     guardrails_pb2.Finding(
                         rail=f.rail, category=f.category, score=f.score, start=f.start, end=f.end
