@@ -7,7 +7,6 @@ own error mapping answers the caller with a clear status.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 import grpc
@@ -195,6 +194,4 @@ class GrpcLlm:
 
 async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
     stub = ops_pb2_grpc.OpsServiceStub(channel)
-    return await asyncio.wait_for(
-        stub.GetGpuStats(ops_pb2.GetGpuStatsRequest(), timeout=timeout_s), timeout_s
-    )
+    return await stub.GetGpuStats(ops_pb2.GetGpuStatsRequest(), timeout=timeout_s)

@@ -421,14 +421,10 @@ class ChatOrchestrator:
             span = trace.get_current_span()  # router.prompt
             span.set_attributes({"forge.context_tokens": max_context, "forge.prompt_budget_tokens": budget})
             full = assemble(s.system_prompt, conversation, chunks)
-            if not chunks:
-                total = await self.llm.count_tokens(full, timeout)
+            total = await self.llm.count_tokens(full, timeout)
+            if total <= budget or not chunks:
                 span.set_attribute("forge.prompt_tokens", total)
                 _check_fits(total, budget, max_context, max_new)
-                return full, []
-            total = await self.llm.count_tokens(full, timeout)
-            if total <= budget:
-                span.set_attribute("forge.prompt_tokens", total)
                 return full, chunks
             base, *sizes = await asyncio.gather(
                 self.llm.count_tokens(assemble(s.system_prompt, conversation, []), timeout),

@@ -69,7 +69,7 @@ class Handlers:
 
     async def slow(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
         self.slow_started.set()
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # until the caller cancels or its deadline passes
         return b"late"
 
     async def invalid(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
