@@ -44,6 +44,7 @@ up: $(RUN_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check services tests tools bench
 	$(BIN)/ruff format --check services tests tools bench
+	$(BIN)/lint-imports
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy

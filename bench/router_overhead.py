@@ -56,14 +56,15 @@ from forge.v1 import (
 )
 from grpc import aio
 
+from services.common.channels import insecure_channel
 from services.router.budget import context_budget
 from services.router.chunking import Chunker, ChunkingConfig
+from services.router.clients.milvus_store import VectorStore
 from services.router.ingest import DocumentInput
 from services.router.output_rail import Segmenter
-from services.router.ports import Message
-from services.router.prompt import ContextChunk, assemble
+from services.router.ports import ChunkRecord, ContextChunk, Message
+from services.router.prompt import assemble
 from services.router.settings import RouterSettings
-from services.router.store import ChunkRecord, VectorStore
 
 TENANT = "bench"
 CLIENT = "client"
@@ -587,12 +588,12 @@ async def main() -> int:
                     await mesh.ready(service)
                 print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
                 for name in ("llm", "embed", "guardrails"):
-                    channels[name] = aio.insecure_channel(mesh.services[name].address)
+                    channels[name] = insecure_channel(mesh.services[name].address)
                 direct = Direct(channels, store, settings, args.max_tokens, args.top_k)
                 arms: dict[str, Arm] = {}
                 chunk_counts = []
                 for name, service in routers.items():
-                    channels[name] = aio.insecure_channel(service.address)
+                    channels[name] = insecure_channel(service.address)
                     stub = router_pb2_grpc.RouterServiceStub(channels[name])
                     chunk_counts.append(await ingest_via_router(stub, DOCUMENTS))
                     arms[name] = router_arm(stub, request)

@@ -44,3 +44,8 @@ class DeadlineExceeded(ForgeError):
 
 class NotFound(ForgeError):
     """A named thing (collection, document) does not exist."""
+
+
+class Internal(ForgeError):
+    """This server's own fault, said in words (e.g. a dependency rejected a request this server
+    built): INTERNAL, never blamed on the caller's input."""

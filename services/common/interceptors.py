@@ -17,7 +17,7 @@ import grpc
 from grpc import aio
 
 from services.common import metrics
-from services.common.errors import ForgeError, Unavailable
+from services.common.errors import ForgeError, Internal, Unavailable
 from services.common.status import internal_status, status_for
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
     @staticmethod
     async def _abort(context: aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
         if isinstance(exc, ForgeError):
+            if isinstance(exc, Internal):  # our bug, said in words: the log must show it too
+                log.error("internal error in %s: %s", method, exc)
             await context.abort_with_status(status_for(exc))
         log.exception("unexpected error in %s", method, exc_info=exc)
         await context.abort_with_status(internal_status())

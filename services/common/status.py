@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from services.common.errors import (
     DeadlineExceeded,
     ForgeError,
+    Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -62,6 +63,8 @@ def status_for(error: ForgeError) -> grpc.Status:
         code = code_pb2.DEADLINE_EXCEEDED
     elif isinstance(error, NotFound):
         code = code_pb2.NOT_FOUND
+    elif isinstance(error, Internal):
+        code = code_pb2.INTERNAL
     else:
         code = code_pb2.INTERNAL
     status = status_pb2.Status(code=code, message=message)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.common.sampling import SamplingParams
 from services.llm import metrics
 from services.llm.engine import (
     EngineDead,
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.llm")
 
 ROLES = ("system", "user", "assistant")
-MAX_TEMPERATURE = 2.0
 
 
 class Priority(IntEnum):
@@ -56,12 +55,7 @@ class Priority(IntEnum):
 class GenerateInput:
     messages: Sequence[tuple[str, str]] = ()
     prompt: str = ""
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    stop: Sequence[str] = ()
-    seed: int | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     priority: Priority = Priority.INTERACTIVE
 
@@ -213,40 +207,23 @@ class LlmCore:
 
     def _sampling(self, inp: GenerateInput, prompt_tokens: int, context: int) -> Sampling:
         s = self.settings
+        p = inp.sampling
+        p.validate(s.max_stop_sequences, s.max_stop_chars)
         room = context - prompt_tokens
-        if inp.max_tokens is None:
+        if p.max_tokens is None:
             max_tokens = min(s.default_max_tokens, room)
-        elif inp.max_tokens <= 0:
-            raise InvalidArgument("params.max_tokens", f"must be > 0, got {inp.max_tokens}")
-        elif inp.max_tokens > room:
+        elif p.max_tokens > room:
             raise InvalidArgument(
                 "params.max_tokens",
-                f"prompt ({prompt_tokens} tokens) + max_tokens ({inp.max_tokens}) exceeds the context of "
+                f"prompt ({prompt_tokens} tokens) + max_tokens ({p.max_tokens}) exceeds the context of "
                 f"{context} tokens; at most {room}",
             )
         else:
-            max_tokens = inp.max_tokens
-        temperature = 1.0 if inp.temperature is None else inp.temperature
-        if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
-            raise InvalidArgument(
-                "params.temperature", f"must be in [0, {MAX_TEMPERATURE:g}], got {temperature}"
-            )
-        top_p = 1.0 if inp.top_p is None else inp.top_p
-        if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-            raise InvalidArgument("params.top_p", f"must be in (0, 1], got {top_p}")
-        top_k = -1 if inp.top_k is None or inp.top_k in (0, -1) else inp.top_k
-        if top_k < -1:
-            raise InvalidArgument("params.top_k", f"must be >= 1, or -1/0 to disable, got {top_k}")
-        if len(inp.stop) > s.max_stop_sequences:
-            raise InvalidArgument(
-                "params.stop", f"at most {s.max_stop_sequences} stop strings, got {len(inp.stop)}"
-            )
-        for i, stop in enumerate(inp.stop):
-            if not stop or len(stop) > s.max_stop_chars:
-                raise InvalidArgument(
-                    f"params.stop[{i}]", f"must be 1 to {s.max_stop_chars} characters, got {len(stop)}"
-                )
-        return Sampling(max_tokens, temperature, top_p, top_k, tuple(inp.stop), inp.seed)
+            max_tokens = p.max_tokens
+        temperature = 1.0 if p.temperature is None else p.temperature
+        top_p = 1.0 if p.top_p is None else p.top_p
+        top_k = -1 if p.top_k is None or p.top_k in (0, -1) else p.top_k
+        return Sampling(max_tokens, temperature, top_p, top_k, p.stop, p.seed)
 
     async def _prompt_ids(
         self, engine: LlmEngine, messages: Sequence[tuple[str, str]], prompt: str

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 from grpc import aio
 
+from services.common.codec import sampling_from_pb
 from services.common.errors import InvalidArgument
 from services.llm.core import GenerateEvent, GenerateInput, LlmCore, Priority
 from services.llm.engine import FinishReason
@@ -29,16 +30,10 @@ def generate_input(request: llm_pb2.GenerateRequest) -> GenerateInput:
         raise InvalidArgument(
             "priority", f"must be PRIORITY_INTERACTIVE or PRIORITY_BATCH, got {request.priority}"
         )
-    p = request.params
     return GenerateInput(
         messages=[(m.role, m.content) for m in request.messages],
         prompt=request.prompt,
-        max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
-        temperature=p.temperature if p.HasField("temperature") else None,
-        top_p=p.top_p if p.HasField("top_p") else None,
-        top_k=p.top_k if p.HasField("top_k") else None,
-        stop=list(p.stop),
-        seed=p.seed if p.HasField("seed") else None,
+        sampling=sampling_from_pb(request.params),
         request_id=request.request_id,
         priority=priority,
     )

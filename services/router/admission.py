@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from enum import IntEnum
 from types import TracebackType
 from typing import Protocol
 
 from services.common.config import AdmissionConfig
 from services.common.errors import ResourceExhausted
+from services.router.ports import Priority
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ RETRY_AFTER_MIN_S = 0.1
 RETRY_AFTER_MAX_S = 30.0
 # Weight of the newest session duration in the moving average (about the last 5-10 sessions count).
 DURATION_EWMA_ALPHA = 0.2
-
-
-class Priority(IntEnum):
-    """Queue priority; lower is served first."""
-
-    INTERACTIVE = 0
-    BATCH = 1
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from services.router.admission import REASONS, Admission, AdmissionController, Priority
+from services.router.admission import REASONS, Admission, AdmissionController
+from services.router.ports import Priority
 
 # Queue waits are capped by the queue's max wait (default 5 s interactive, 30 s batch).
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)

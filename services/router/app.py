@@ -1,5 +1,5 @@
-"""Wires the router into the server kit: settings -> Milvus, downstream channels, admission ->
-chat and ingest orchestrators -> servicers."""
+"""Wires the router into the server kit: settings -> outbound adapters (Milvus, the services'
+channels) -> use cases (chat, search, ingest, documents) -> inbound adapters (servicers)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ from grpc import aio
 
 from services.common.config import SkuProfile
 from services.common.errors import Unavailable
-from services.router.admin import AdminServicer
 from services.router.admission import AdmissionController
 from services.router.admission_metrics import register_admission_metrics
+from services.router.api.admin import AdminServicer
+from services.router.api.servicer import RouterParts, RouterServicer
 from services.router.chunking import Chunker, ChunkingConfig
-from services.router.downstream import GrpcEmbeddings, GrpcGuardrails, open_channel
+from services.router.clients.llm_pool import LlmPool, parse_addresses
+from services.router.clients.milvus_store import VectorStore
+from services.router.clients.services import GrpcEmbeddings, GrpcGuardrails, GrpcLlm, open_channel
+from services.router.documents import Documents
 from services.router.ingest import Ingestor
-from services.router.llm_pool import LlmPool, parse_addresses
 from services.router.rag import ChatOrchestrator
-from services.router.servicer import RouterParts, RouterServicer
+from services.router.retrieval import Retriever
+from services.router.search import Searcher
 from services.router.settings import RouterSettings
-from services.router.store import VectorStore
+from services.router.stages import Rails, StageRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,9 @@ class RouterApp:
         self.milvus_uri = self.settings.milvus_uri or default_milvus_uri(home)
         self.admission = AdmissionController(profile.admission)
         self._parts: RouterParts | None = None
+        self._store: VectorStore | None = None
         self._channels: dict[str, aio.Channel] = {}
-        self._llm: LlmPool | None = None
+        self._llm: LlmPool[aio.Channel] | None = None
 
     @property
     def grpc_service_names(self) -> Sequence[str]:
@@ -76,7 +81,10 @@ class RouterApp:
     async def load(self) -> None:
         s = self.settings
         self._llm = LlmPool(
-            parse_addresses(s.llm_addresses) or [s.llm_address], open_channel, s.llm_replica_cooldown_s
+            parse_addresses(s.llm_addresses) or [s.llm_address],
+            open_channel,
+            GrpcLlm,
+            s.llm_replica_cooldown_s,
         )
         self._channels = {
             "embed": open_channel(s.embed_address),
@@ -87,22 +95,23 @@ class RouterApp:
         chunker = await asyncio.to_thread(
             Chunker, ChunkingConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens)
         )
-        store = await VectorStore.open(
+        self._store = store = await VectorStore.open(
             self.milvus_uri,
             s.embedding_dimension,
             token=s.milvus_token,
             index_type=s.milvus_index_type,
             default_collection=s.default_collection,
+            timeout_s=s.call_timeout_s,
         )
-        chat = ChatOrchestrator(
-            s,
-            self.admission,
-            store,
-            embeddings,
-            GrpcGuardrails(self._channels["guardrails"]),
-            self._llm,
+        stages = StageRunner(s)
+        rails = Rails(s, GrpcGuardrails(self._channels["guardrails"]), stages)
+        retriever = Retriever(stages, rails, embeddings, store)
+        self._parts = RouterParts(
+            chat=ChatOrchestrator(s, self.admission, stages, rails, retriever, self._llm),
+            search=Searcher(s, retriever),
+            ingestor=Ingestor(s, chunker, embeddings, store),
+            documents=Documents(s, store),
         )
-        self._parts = RouterParts(chat, Ingestor(s, chunker, embeddings, store), store)
 
     async def _check_dimension(self, embeddings: GrpcEmbeddings) -> None:
         """A model with another vector size would fail every search; say so at start. An embed
@@ -123,8 +132,8 @@ class RouterApp:
             )
 
     async def close(self) -> None:
-        if self._parts is not None:
-            await self._parts.store.close()
+        if self._store is not None:
+            await self._store.close()
         for channel in self._channels.values():
             await channel.close()
         if self._llm is not None:

@@ -11,23 +11,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Candidate(Generic[K]):
     """A retrieved chunk that may go into the prompt."""
 
-    key: object  # the caller's handle (e.g. a search hit)
+    key: K  # the caller's handle (e.g. a search hit)
     score: float
     tokens: int  # LLM tokens of this chunk as it will appear in the prompt (incl. its header)
 
 
 @dataclass(frozen=True)
-class BudgetPlan:
+class BudgetPlan(Generic[K]):
     """Which candidates fit. ``kept`` and ``dropped`` keep the original (retrieval) order."""
 
-    kept: list[Candidate]
-    dropped: list[Candidate]
+    kept: list[Candidate[K]]
+    dropped: list[Candidate[K]]
     prompt_tokens: int  # base_tokens + sum of kept tokens
     budget_tokens: int
 
@@ -57,7 +60,7 @@ def context_budget(max_context_tokens: int, max_new_tokens: int, safety_margin: 
     return budget
 
 
-def fit_chunks(base_tokens: int, candidates: Sequence[Candidate], budget_tokens: int) -> BudgetPlan:
+def fit_chunks(base_tokens: int, candidates: Sequence[Candidate[K]], budget_tokens: int) -> BudgetPlan[K]:
     """Keep as many candidates as fit in ``budget_tokens``, dropping the lowest-scored first.
 
     ``base_tokens`` is the prompt without any chunk (system text, question, template). If even

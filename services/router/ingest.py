@@ -3,28 +3,23 @@ batches, and replace the document's chunks in one upsert. No gRPC here.
 
 Everything that can fail slowly (chunking, embedding) happens before anything is written, and
 the write is one upsert keyed by (tenant, collection, document id, chunk): a failure mid-document
-leaves the previous version whole, and re-ingesting a document replaces it.
+leaves the previous version whole, and re-ingesting a document replaces it. Every call gets what
+is left of the caller's deadline (or `call_timeout_s` without one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.errors import InvalidArgument, Unavailable
-from services.router import metrics
+from services.router import metrics, validation
 from services.router.chunking import Chunker
 from services.router.deadline import Deadline
-from services.router.ports import Embeddings
+from services.router.ports import ChunkRecord, Embeddings, VectorIndex
 from services.router.settings import RouterSettings
-from services.router.store import ChunkRecord, StoreUnavailable, VectorStore
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
-MAX_METADATA_ENTRIES = 32
-MAX_METADATA_CHARS = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -40,53 +35,36 @@ class DocumentInput:
 
 
 @dataclass(frozen=True)
-class Stored:
+class IngestedDocument:
     document_id: str
     chunk_count: int
 
 
 class Ingestor:
     def __init__(
-        self, settings: RouterSettings, chunker: Chunker, embeddings: Embeddings, store: VectorStore
+        self, settings: RouterSettings, chunker: Chunker, embeddings: Embeddings, index: VectorIndex
     ) -> None:
         self.settings = settings
-        self.chunker = chunker
-        self.embeddings = embeddings
-        self.store = store
-        # The embed service batches across requests too; a few batches in flight keep it busy.
-        self._embed_slots = asyncio.Semaphore(4)
+        self._chunker = chunker
+        self._embeddings = embeddings
+        self._index = index
+        self._embed_slots = asyncio.Semaphore(settings.embed_batches_in_flight)
 
     def validate(self, document: DocumentInput, field: str = "document") -> None:
         s = self.settings
-        if not document.id.strip():
-            raise InvalidArgument(f"{field}.id", "must not be empty")
-        if len(document.id) > s.max_document_id_chars or _CONTROL.search(document.id):
-            raise InvalidArgument(
-                f"{field}.id",
-                f"must be at most {s.max_document_id_chars} characters without control characters",
-            )
-        if not document.text.strip():
-            raise InvalidArgument(f"{field}.text", f"must not be empty (document {document.id!r})")
-        if len(document.text) > s.max_document_chars:
-            raise InvalidArgument(
-                f"{field}.text",
-                f"must be at most {s.max_document_chars} characters, got {len(document.text)} "
-                f"(document {document.id!r})",
-            )
-        if len(document.metadata) > MAX_METADATA_ENTRIES:
-            raise InvalidArgument(f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries")
-        for key, value in document.metadata.items():
-            if len(key) + len(value) > MAX_METADATA_CHARS:
-                raise InvalidArgument(
-                    f"{field}.metadata[{key[:40]}]",
-                    f"key and value must total at most {MAX_METADATA_CHARS} chars",
-                )
+        validation.document_id(document.id, f"{field}.id", s.max_document_id_chars)
+        validation.text(document.text, f"{field}.text", s.max_document_chars)
+        validation.metadata(document.metadata, f"{field}.metadata")
+
+    def collection(self, name: str) -> str:
+        return validation.collection(name, self.settings.default_collection)
 
     async def ingest(
         self, tenant: str, collection: str, document: DocumentInput, deadline: Deadline
-    ) -> Stored:
+    ) -> IngestedDocument:
         self.validate(document)
-        chunks = await asyncio.to_thread(self.chunker.chunk, document.text, document.markdown)
+        collection = self.collection(collection)
+        chunks = await asyncio.to_thread(self._chunker.chunk, document.text, document.markdown)
         texts = [c.text for c in chunks]
         size = self.settings.embed_batch_size
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
@@ -97,22 +75,20 @@ class Ingestor:
             ChunkRecord(document.id, chunk.index, chunk.text, vector, dict(document.metadata))
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
-        try:
-            stored = await self.store.replace_document(tenant, collection, document.id, records)
-        except StoreUnavailable as exc:
-            raise Unavailable("milvus", str(exc)) from exc
+        stored = await self._index.replace_document(
+            tenant, collection, document.id, records, self._timeout("storing the document", deadline)
+        )
         metrics.INGESTED_DOCUMENTS.inc()
         metrics.INGESTED_CHUNKS.inc(stored)
-        return Stored(document.id, stored)
+        return IngestedDocument(document.id, stored)
+
+    async def flush(self, collections: set[str], deadline: Deadline) -> None:
+        for collection in sorted(collections):
+            await self._index.flush(collection, self._timeout("flushing", deadline))
 
     async def _embed(self, texts: list[str], deadline: Deadline) -> list[list[float]]:
         async with self._embed_slots:
-            timeout = deadline.stage_timeout("embedding chunks", 1.0, self.settings.stage_timeout_cap_s * 6)
-            return await self.embeddings.embed(texts, False, timeout)
+            return await self._embeddings.embed(texts, False, self._timeout("embedding chunks", deadline))
 
-    async def flush(self, collections: set[str]) -> None:
-        try:
-            for collection in sorted(collections):
-                await self.store.flush(collection)
-        except StoreUnavailable as exc:
-            raise Unavailable("milvus", str(exc)) from exc
+    def _timeout(self, what: str, deadline: Deadline) -> float:
+        return deadline.rest(what, self.settings.call_timeout_s)

@@ -35,3 +35,9 @@ CHUNKS_DROPPED = Counter(
 )
 INGESTED_DOCUMENTS = Counter("forge_router_ingested_documents", "Documents stored (new or replaced).")
 INGESTED_CHUNKS = Counter("forge_router_ingested_chunks", "Chunks stored.")
+DEPENDENCY_REJECTIONS = Counter(
+    "forge_router_dependency_rejections",
+    "Requests the router built that a dependency rejected as invalid (a router bug: the caller gets "
+    "INTERNAL), by dependency.",
+    ["dependency"],
+)

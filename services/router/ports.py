@@ -1,17 +1,29 @@
-"""What the router's domain logic needs from the other services, as plain Python types.
+"""The router's domain vocabulary, and what its use cases need from the world, as plain Python.
 
-`downstream.py` implements these over gRPC; the orchestrators (`rag.py`, `ingest.py`) only see
-these protocols, so they hold no gRPC code and their logic can be unit-tested on its own.
+The use cases (`rag`, `ingest`, `documents`) see only these protocols; the adapters in
+`services/router/clients/` implement them over gRPC (LLM, embeddings, guardrails) and Milvus
+(the vector index). So the use cases hold no gRPC or Milvus code and are unit-tested on their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
-from services.router.admission import Priority
+from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.sampling import SamplingParams
+
+# The sampling parameters of one generation (None = the LLM service's default).
+Sampling = SamplingParams
+
+
+class Priority(IntEnum):
+    """Admission queue and LLM scheduling priority; lower is served first."""
+
+    INTERACTIVE = 0
+    BATCH = 1
 
 
 class Stage(StrEnum):
@@ -58,13 +70,14 @@ class RailVerdict:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
+class GenerateRequest:
+    """One generation, as the router asks the LLM for it."""
+
+    messages: tuple[Message, ...]
+    sampling: Sampling
+    priority: Priority
+    request_id: str
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,97 @@ class Generated:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ContextChunk:
+    """A stored chunk of a document, as search finds it and as it goes into a prompt."""
+
+    document_id: str
+    chunk_index: int
+    score: float  # cosine similarity, in [-1, 1]; higher is closer
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk of a document to store, with its vector."""
+
+    document_id: str
+    chunk_index: int
+    text: str
+    vector: Sequence[float]
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    messages: tuple[Message, ...]
+    collection: str = ""
+    top_k: int = 0
+    sampling: Sampling = field(default_factory=Sampling)
+    priority: Priority = Priority.INTERACTIVE
+    disable_retrieval: bool = False
+
+
+@dataclass(frozen=True)
+class Citation:
+    document_id: str
+    chunk_index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a rail blocked a chat, for the caller."""
+
+    decision: Decision
+    stage: Stage
+    findings: tuple[RailFinding, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ChatEnd:
+    citations: tuple[Citation, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    degraded: bool = False
+    verdict: Verdict | None = None
+    finish_reason: FinishReason = FinishReason.STOP
+
+
+ChatEvent = ChatDelta | ChatEnd
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    chunks: list[ContextChunk]
+    degraded: bool  # a fail-open rail was down: the chunks went unchecked
+
+
+class IndexUnavailable(Unavailable):
+    """The vector index failed (connection, server error, a file held by another process)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("milvus", message)
+
+
+class IndexTimeout(DeadlineExceeded):
+    """A vector-index call ran out of the time it was given (the caller's deadline, split)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"milvus: {message}")
+
+
+# What a use case that can answer without retrieval treats as "retrieval failed".
+INDEX_FAILURES = (IndexUnavailable, IndexTimeout)
 
 
 class Guardrails(Protocol):
@@ -92,14 +196,44 @@ class Llm(Protocol):
 
     async def count_text_tokens(self, text: str, timeout_s: float) -> int: ...
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        priority: Priority,
-        request_id: str,
-        timeout_s: float,
-    ) -> AsyncGenerator[Generated, None]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[Generated, None]:
         """Streams the answer. Closing the iterator early cancels the downstream call (the LLM
         aborts the request)."""
+        ...
+
+
+class VectorIndex(Protocol):
+    """Tenant-scoped document chunks. Every call is bounded by `timeout_s` and raises
+    `IndexTimeout` past it, `IndexUnavailable` when the index fails."""
+
+    async def search(
+        self, tenant: str, collection: str, vector: Sequence[float], top_k: int, timeout_s: float
+    ) -> list[ContextChunk]:
+        """The tenant's `top_k` chunks closest to `vector`, most similar first; [] for an unknown
+        collection."""
+        ...
+
+    async def replace_document(
+        self,
+        tenant: str,
+        collection: str,
+        document_id: str,
+        chunks: Sequence[ChunkRecord],
+        timeout_s: float,
+    ) -> int:
+        """Store `chunks` as the whole document, replacing an earlier version; the count stored."""
+        ...
+
+    async def delete_documents(
+        self, tenant: str, collection: str, document_ids: Sequence[str], timeout_s: float
+    ) -> tuple[int, int]:
+        """(documents that existed, chunks deleted)."""
+        ...
+
+    async def list_collections(self, tenant: str, timeout_s: float) -> list[tuple[str, int]]:
+        """(collection, the tenant's chunk count), by name."""
+        ...
+
+    async def flush(self, collection: str, timeout_s: float) -> None:
+        """Make recent writes durable."""
         ...

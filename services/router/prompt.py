@@ -4,18 +4,8 @@ documents (numbered, with their source), and the conversation."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from services.router.ports import Message
-
-
-@dataclass(frozen=True)
-class ContextChunk:
-    document_id: str
-    chunk_index: int
-    score: float
-    text: str
-    metadata: dict[str, str] = field(default_factory=dict)
+from services.router.ports import ContextChunk, Message
 
 
 def context_entry(number: int, chunk: ContextChunk) -> str:

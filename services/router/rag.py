@@ -4,121 +4,46 @@ Order of one chat: admit (or reject) -> input rail and query embedding concurren
 search filtered by tenant -> retrieval rail on each chunk -> prompt fitted to the LLM's context
 budget (lowest-scored chunks dropped first) -> LLM tokens streamed through the output rail ->
 a summary with citations, usage, verdict and whether the answer was degraded.
+The stages themselves are collaborators: `Retriever`, `GuardedAnswer`, `Rails`, `StageRunner`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
-from services.router import metrics
-from services.router.admission import AdmissionController, Priority
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.router import metrics, validation
+from services.router.admission import AdmissionController
 from services.router.budget import Candidate, context_budget, fit_chunks
 from services.router.deadline import Deadline
-from services.router.output_rail import Segmenter
+from services.router.guarded_answer import GuardedAnswer
 from services.router.ports import (
+    ChatEnd,
+    ChatEvent,
+    ChatInput,
+    Citation,
+    ContextChunk,
     Decision,
-    Embeddings,
     FinishReason,
-    Guardrails,
     Llm,
     Message,
-    RailFinding,
-    RailVerdict,
-    Sampling,
     Stage,
 )
-from services.router.prompt import ContextChunk, assemble, context_entry
+from services.router.prompt import assemble, context_entry
+from services.router.retrieval import Retriever
 from services.router.settings import RouterSettings
-from services.router.store import StoredHit, StoreUnavailable, VectorStore
+from services.router.stages import Degradation, Rails, StageRunner, blocked, verdict_for_caller
 
-log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.router")
 
-T = TypeVar("T")
-
-COLLECTION_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class ChatInput:
-    messages: tuple[Message, ...]
-    collection: str = ""
-    top_k: int = 0
-    sampling: Sampling = field(default_factory=Sampling)
-    priority: Priority = Priority.INTERACTIVE
-    disable_retrieval: bool = False
-
-
-@dataclass(frozen=True)
-class Citation:
-    document_id: str
-    chunk_index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: Decision
-    stage: Stage
-    findings: tuple[RailFinding, ...]
-    message: str
-
-
-@dataclass(frozen=True)
-class ChatDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class ChatEnd:
-    citations: tuple[Citation, ...] = ()
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    degraded: bool = False
-    verdict: Verdict | None = None
-    finish_reason: FinishReason = FinishReason.STOP
-
-
-ChatEvent = ChatDelta | ChatEnd
-
-
-def validate_collection(collection: str, default: str) -> str:
-    name = collection or default
-    if not COLLECTION_PATTERN.match(name):
-        raise InvalidArgument(
-            "collection",
-            f"must match {COLLECTION_PATTERN.pattern} (a letter, then up to 62 letters, digits or _)",
-        )
-    return name
-
-
-def validate_top_k(top_k: int, default: int, maximum: int) -> int:
-    if top_k > maximum:
-        raise InvalidArgument("top_k", f"must be at most {maximum}, got {top_k}")
-    return top_k or default
-
-
-@dataclass
-class _Degradation:
-    reasons: list[str] = field(default_factory=list)
-
-    def note(self, reason: str) -> None:
-        log.warning("chat degraded: %s", reason)
-        metrics.DEGRADED.labels(reason.split(":", 1)[0]).inc()
-        self.reasons.append(reason)
 
 
 class ChatOrchestrator:
@@ -126,20 +51,21 @@ class ChatOrchestrator:
         self,
         settings: RouterSettings,
         admission: AdmissionController,
-        store: VectorStore,
-        embeddings: Embeddings,
-        guardrails: Guardrails,
+        stages: StageRunner,
+        rails: Rails,
+        retriever: Retriever,
         llm: Llm,
     ) -> None:
         self.settings = settings
-        self.admission = admission
-        self.store = store
-        self.embeddings = embeddings
-        self.guardrails = guardrails
-        self.llm = llm
+        self._admission = admission
+        self._stages = stages
+        self._rails = rails
+        self._retriever = retriever
+        self._llm = llm
+        self._answer = GuardedAnswer(settings, llm, rails)
 
-    # -- validation -------------------------------------------------------------------------
-    def validate(self, request: ChatInput) -> tuple[str, int]:
+    def validate(self, request: ChatInput) -> ChatInput:
+        """The request with defaults filled in, or INVALID_ARGUMENT naming the field and limit."""
         s = self.settings
         if not request.messages:
             raise InvalidArgument("messages", "must hold at least one message, the last from role user")
@@ -152,28 +78,30 @@ class ChatOrchestrator:
                 raise InvalidArgument(
                     f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role!r}"
                 )
-            if len(m.content) > s.max_message_chars:
-                raise InvalidArgument(
-                    f"messages[{i}].content",
-                    f"must be at most {s.max_message_chars} characters, got {len(m.content)}",
-                )
-        last = request.messages[-1]
-        if last.role != "user" or not last.content.strip():
+            validation.text(m.content, f"messages[{i}].content", s.max_message_chars)
+        chars = sum(len(m.content) for m in request.messages)
+        if chars > s.max_conversation_chars:
             raise InvalidArgument(
-                f"messages[{len(request.messages) - 1}]", "the last message must be a non-empty user message"
+                "messages", f"at most {s.max_conversation_chars} characters in all, got {chars}"
             )
-        mt = request.sampling.max_tokens
-        if mt is not None and mt < 1:
-            raise InvalidArgument("params.max_tokens", f"must be at least 1, got {mt}")
-        collection = validate_collection(request.collection, s.default_collection)
-        top_k = (
-            0 if request.disable_retrieval else validate_top_k(request.top_k, s.default_top_k, s.max_top_k)
+        if request.messages[-1].role != "user":
+            raise InvalidArgument(
+                f"messages[{len(request.messages) - 1}].role", "the last message must be user"
+            )
+        request.sampling.validate()
+        return replace(
+            request,
+            collection=validation.collection(request.collection, s.default_collection),
+            top_k=0
+            if request.disable_retrieval
+            else validation.top_k(request.top_k, s.default_top_k, s.max_top_k),
+            sampling=replace(
+                request.sampling, max_tokens=request.sampling.max_tokens or s.default_max_tokens
+            ),
         )
-        return collection, top_k
 
-    # -- the chat ---------------------------------------------------------------------------
     async def chat(self, tenant: str, request: ChatInput, deadline: Deadline) -> AsyncIterator[ChatEvent]:
-        collection, top_k = self.validate(request)
+        request = self.validate(request)
         started = time.monotonic()
         outcome = "error"
         # The span of the whole request (the Chat server span under gRPC) carries the request's
@@ -182,29 +110,15 @@ class ChatOrchestrator:
         request_span.set_attributes(
             {
                 "forge.tenant": tenant,
-                "forge.collection": collection,
-                "forge.top_k": top_k,
+                "forge.collection": request.collection,
+                "forge.top_k": request.top_k,
                 "forge.priority": request.priority.name.lower(),
             }
         )
         async with contextlib.AsyncExitStack() as session:
-            # A refusal is an expected outcome: a reason attribute, not a formatted traceback
-            # (recording it measured ~2 ms of CPU per refusal).
-            with tracer.start_as_current_span(
-                "router.admission", record_exception=False, set_status_on_exception=False
-            ) as span:
-                span.set_attribute("forge.tenant", tenant)
-                span.set_attribute("forge.priority", request.priority.name.lower())
-                try:
-                    admitted = await session.enter_async_context(
-                        self.admission.session(tenant, request.priority, deadline.remaining())
-                    )
-                except ResourceExhausted as refused:
-                    span.set_attribute("forge.rejected", refused.reason)
-                    raise
-                span.set_attribute("forge.queued_s", admitted.queued_s)
+            await self._admit(session, tenant, request, deadline)
             try:
-                async for event in self._grounded_answer(tenant, request, collection, top_k, deadline):
+                async for event in self._grounded_answer(tenant, request, deadline):
                     if isinstance(event, ChatEnd):
                         outcome = "blocked" if event.verdict is not None else "completed"
                         request_span.set_attributes(_end_attributes(event))
@@ -217,30 +131,60 @@ class ChatOrchestrator:
                 metrics.CHATS.labels(outcome).inc()
                 metrics.CHAT_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
+    async def _admit(
+        self, session: contextlib.AsyncExitStack, tenant: str, request: ChatInput, deadline: Deadline
+    ) -> None:
+        # A refusal is an expected outcome: a reason attribute, not a formatted traceback
+        # (recording it measured ~2 ms of CPU per refusal).
+        with tracer.start_as_current_span(
+            "router.admission", record_exception=False, set_status_on_exception=False
+        ) as span:
+            span.set_attribute("forge.tenant", tenant)
+            span.set_attribute("forge.priority", request.priority.name.lower())
+            try:
+                admitted = await session.enter_async_context(
+                    self._admission.session(tenant, request.priority, deadline.remaining())
+                )
+            except ResourceExhausted as refused:
+                span.set_attribute("forge.rejected", refused.reason)
+                raise
+            span.set_attribute("forge.queued_s", admitted.queued_s)
+
     async def _grounded_answer(
-        self, tenant: str, request: ChatInput, collection: str, top_k: int, deadline: Deadline
+        self, tenant: str, request: ChatInput, deadline: Deadline
     ) -> AsyncIterator[ChatEvent]:
-        degraded = _Degradation()
+        degradation = Degradation()
+        on_failure = self.settings.on_retrieval_failure
         conversation = list(request.messages)
         question = conversation[-1].content
 
-        input_check = self._rail(question, Stage.INPUT, deadline, degraded)
-        query_vector = self._query_vector(question, top_k, deadline, degraded)
-        verdict, vector = await asyncio.gather(input_check, query_vector)
-        if verdict is not None and verdict.decision is Decision.BLOCK:
+        async def query_vector() -> list[float] | None:
+            if request.top_k == 0:
+                return None
+            return await self._retriever.query_vector(question, deadline, degradation, on_failure)
+
+        verdict, vector = await asyncio.gather(
+            self._rails.check(question, Stage.INPUT, deadline, degradation), query_vector()
+        )
+        if blocked(verdict):
             yield ChatEnd(
-                degraded=bool(degraded.reasons),
-                verdict=_verdict(verdict, Stage.INPUT),
+                degraded=bool(degradation),
+                verdict=verdict_for_caller(verdict, Stage.INPUT),
                 finish_reason=FinishReason.BLOCKED,
             )
             return
         if verdict is not None and verdict.decision is Decision.REDACT:
             conversation[-1] = Message("user", verdict.text_to_use(question))
 
-        hits = await self._search(tenant, collection, vector, top_k, deadline, degraded) if vector else []
-        chunks = await self._retrieval_rail(hits, deadline, degraded)
-        messages, kept = await self._fit_prompt(conversation, chunks, request.sampling, deadline)
-        citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
+        hits = (
+            await self._retriever.search(
+                tenant, request.collection, vector, request.top_k, deadline, degradation, on_failure
+            )
+            if vector
+            else []
+        )
+        chunks = await self._retriever.checked(hits, deadline, degradation)
+        messages, kept = await self._fit_prompt(conversation, chunks, request.sampling.max_tokens, deadline)
         trace.get_current_span().set_attributes(  # the request's span: no stage span is open here
             {
                 "forge.chunks_retrieved": len(hits),
@@ -248,170 +192,29 @@ class ChatOrchestrator:
                 "forge.chunks_kept": len(kept),
             }
         )
-
-        async for event in self._generate(messages, request, deadline, degraded):
+        citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
+        async for event in self._answer.stream(
+            messages, request.sampling, request.priority, deadline, degradation
+        ):
             if isinstance(event, ChatEnd):
-                event = ChatEnd(
-                    citations=citations,
-                    prompt_tokens=event.prompt_tokens,
-                    completion_tokens=event.completion_tokens,
-                    degraded=bool(degraded.reasons),
-                    verdict=event.verdict,
-                    finish_reason=event.finish_reason,
-                )
+                event = replace(event, citations=citations, degraded=bool(degradation))
             yield event
-
-    async def search(
-        self, tenant: str, query: str, collection: str, top_k: int, deadline: Deadline
-    ) -> list[ContextChunk]:
-        """Retrieval only: the chunks a chat with this question would be grounded on. Failures of
-        retrieval are errors here (there is no answer to degrade)."""
-        s = self.settings
-        if not query.strip():
-            raise InvalidArgument("query", "must not be empty")
-        if len(query) > s.max_message_chars:
-            raise InvalidArgument(
-                "query", f"must be at most {s.max_message_chars} characters, got {len(query)}"
-            )
-        collection = validate_collection(collection, s.default_collection)
-        top_k = validate_top_k(top_k, s.default_top_k, s.max_top_k)
-        timeout = self._stage_timeout("query embedding", deadline)
-        vector = (
-            await self._stage(
-                "embed_query", self.embeddings.embed([query], True, timeout), {"forge.texts": 1}
-            )
-        )[0]
-        timeout = self._stage_timeout("the Milvus search", deadline)
-        try:
-            hits = await self._stage(
-                "search",
-                self.store.search(tenant, collection, vector, top_k, timeout_s=timeout),
-                _search_attributes(tenant, collection, top_k),
-                lambda found: {"forge.chunks_retrieved": len(found)},
-            )
-        except StoreUnavailable as exc:
-            raise Unavailable("milvus", str(exc)) from exc
-        strict = _Degradation()
-        chunks = await self._retrieval_rail(hits, deadline, strict)
-        return chunks
-
-    # -- stages -----------------------------------------------------------------------------
-    async def _stage(
-        self,
-        name: str,
-        work: Awaitable[T],
-        attributes: Mapping[str, AttributeValue] | None = None,
-        describe: Callable[[T], Mapping[str, AttributeValue]] | None = None,
-    ) -> T:
-        """Await `work` inside span "router.<name>" (with `attributes`, plus `describe(result)`)
-        and time it."""
-        started = time.monotonic()
-        try:
-            with tracer.start_as_current_span(f"router.{name}", attributes=attributes) as span:
-                result = await work
-                if describe is not None and span.is_recording():
-                    span.set_attributes(describe(result))
-                return result
-        finally:
-            metrics.STAGE_SECONDS.labels(name).observe(time.monotonic() - started)
-
-    def _stage_timeout(self, stage: str, deadline: Deadline) -> float:
-        s = self.settings
-        return deadline.stage_timeout(stage, s.pre_generation_deadline_share, s.stage_timeout_cap_s)
-
-    async def _rail(
-        self, text: str, stage: Stage, deadline: Deadline, degraded: _Degradation
-    ) -> RailVerdict | None:
-        if not self.settings.guardrails_enabled:
-            return None
-        timeout = self._stage_timeout(f"the {stage.value} rail", deadline)
-        try:
-            verdict = await self._stage(
-                f"rail_{stage.value}",
-                self.guardrails.check(text, stage, timeout),
-                {"forge.text_chars": len(text)},
-                lambda v: _rail_attributes(stage, v),
-            )
-        except Unavailable as exc:
-            if self.settings.on_guardrails_failure == "fail":
-                raise
-            degraded.note(f"guardrails: {exc}")
-            return None
-        return verdict
-
-    async def _query_vector(
-        self, question: str, top_k: int, deadline: Deadline, degraded: _Degradation
-    ) -> list[float] | None:
-        if top_k == 0:
-            return None
-        timeout = self._stage_timeout("query embedding", deadline)
-        try:
-            vectors = await self._stage(
-                "embed_query", self.embeddings.embed([question], True, timeout), {"forge.texts": 1}
-            )
-        except Unavailable as exc:
-            if self.settings.on_retrieval_failure == "fail":
-                raise
-            degraded.note(f"embed: {exc}")
-            return None
-        return vectors[0]
-
-    async def _search(
-        self,
-        tenant: str,
-        collection: str,
-        vector: list[float],
-        top_k: int,
-        deadline: Deadline,
-        degraded: _Degradation,
-    ) -> list[StoredHit]:
-        timeout = self._stage_timeout("the Milvus search", deadline)
-        try:
-            return await self._stage(
-                "search",
-                self.store.search(tenant, collection, vector, top_k, timeout_s=timeout),
-                _search_attributes(tenant, collection, top_k),
-                lambda found: {"forge.chunks_retrieved": len(found)},
-            )
-        except StoreUnavailable as exc:
-            if self.settings.on_retrieval_failure == "fail":
-                raise Unavailable("milvus", str(exc)) from exc
-            degraded.note(f"milvus: {exc}")
-            return []
-
-    async def _retrieval_rail(
-        self, hits: Sequence[StoredHit], deadline: Deadline, degraded: _Degradation
-    ) -> list[ContextChunk]:
-        """Chunks that pass the retrieval rail (indirect prompt injection), redacted where it says so."""
-        if not hits:
-            return []
-        verdicts = await asyncio.gather(
-            *(self._rail(h.text, Stage.RETRIEVAL, deadline, degraded) for h in hits)
-        )
-        chunks: list[ContextChunk] = []
-        for hit, verdict in zip(hits, verdicts, strict=True):
-            if verdict is not None and verdict.decision is Decision.BLOCK:
-                metrics.CHUNKS_BLOCKED.inc()
-                continue
-            text = verdict.text_to_use(hit.text) if verdict is not None else hit.text
-            chunks.append(ContextChunk(hit.document_id, hit.chunk_index, hit.score, text, hit.metadata))
-        return chunks
 
     async def _fit_prompt(
         self,
         conversation: list[Message],
         chunks: list[ContextChunk],
-        sampling: Sampling,
+        max_new: int | None,
         deadline: Deadline,
     ) -> tuple[list[Message], list[ContextChunk]]:
         """The prompt within the LLM's context: one token count when everything fits; otherwise
         each chunk is counted and the lowest-scored ones are dropped first."""
         s = self.settings
-        timeout = self._stage_timeout("counting prompt tokens", deadline)
+        max_new = max_new or s.default_max_tokens
+        timeout = self._stages.timeout("counting prompt tokens", deadline)
 
         async def fit() -> tuple[list[Message], list[ContextChunk]]:
-            max_context = await self.llm.max_context_tokens(timeout)
-            max_new = sampling.max_tokens or s.default_max_tokens
+            max_context = await self._llm.max_context_tokens(timeout)
             try:
                 budget = context_budget(max_context, max_new)
             except ValueError as exc:
@@ -421,106 +224,30 @@ class ChatOrchestrator:
             span = trace.get_current_span()  # router.prompt
             span.set_attributes({"forge.context_tokens": max_context, "forge.prompt_budget_tokens": budget})
             full = assemble(s.system_prompt, conversation, chunks)
-            total = await self.llm.count_tokens(full, timeout)
+            total = await self._llm.count_tokens(full, timeout)
             if total <= budget or not chunks:
                 span.set_attribute("forge.prompt_tokens", total)
                 _check_fits(total, budget, max_context, max_new)
                 return full, chunks
             base, *sizes = await asyncio.gather(
-                self.llm.count_tokens(assemble(s.system_prompt, conversation, []), timeout),
-                *(self.llm.count_text_tokens(context_entry(n, c), timeout) for n, c in enumerate(chunks, 1)),
+                self._llm.count_tokens(assemble(s.system_prompt, conversation, []), timeout),
+                *(self._llm.count_text_tokens(context_entry(n, c), timeout) for n, c in enumerate(chunks, 1)),
             )
             plan = fit_chunks(
-                base, [Candidate(c, c.score, size) for c, size in zip(chunks, sizes, strict=True)], budget
+                base, [Candidate(c, c.score, n) for c, n in zip(chunks, sizes, strict=True)], budget
             )
             span.set_attribute("forge.prompt_tokens", plan.prompt_tokens)
             _check_fits(base, budget, max_context, max_new)
-            kept = [c.key for c in plan.kept if isinstance(c.key, ContextChunk)]
+            kept = [c.key for c in plan.kept]
             metrics.CHUNKS_DROPPED.inc(len(plan.dropped))
             return assemble(s.system_prompt, conversation, kept), kept
 
-        return await self._stage(
+        return await self._stages.run(
             "prompt",
             fit(),
             {"forge.chunks_offered": len(chunks)},
             lambda fitted: {"forge.chunks_kept": len(fitted[1])},
         )
-
-    async def _generate(
-        self, messages: list[Message], request: ChatInput, deadline: Deadline, degraded: _Degradation
-    ) -> AsyncIterator[ChatEvent]:
-        s = self.settings
-        sampling = request.sampling
-        if sampling.max_tokens is None:
-            sampling = Sampling(
-                s.default_max_tokens,
-                sampling.temperature,
-                sampling.top_p,
-                sampling.top_k,
-                sampling.stop,
-                sampling.seed,
-            )
-        segmenter = Segmenter(s.output_segment_chars)
-        released = 0  # characters of the answer already sent, for finding offsets
-        prompt_tokens = completion_tokens = 0
-        finish = FinishReason.STOP
-        timeout = deadline.rest("generation", s.generation_timeout_s)
-        stream = self.llm.generate(messages, sampling, request.priority, uuid.uuid4().hex, timeout)
-        with tracer.start_as_current_span(
-            "router.generate", attributes={"forge.max_tokens": sampling.max_tokens or 0}
-        ) as span:
-            started = time.monotonic()
-            async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    if piece.finish_reason is not None:
-                        finish = piece.finish_reason
-                        prompt_tokens, completion_tokens = piece.prompt_tokens, piece.completion_tokens
-                    segments = segmenter.feed(piece.text)
-                    if piece.finish_reason is not None:
-                        segments.append(segmenter.flush())
-                    for segment in segments:
-                        if not segment:
-                            continue
-                        verdict = await self._rail(segment, Stage.OUTPUT, deadline, degraded)
-                        if verdict is not None and verdict.decision is Decision.BLOCK:
-                            span.set_attributes(
-                                {
-                                    "forge.blocked": True,
-                                    "forge.prompt_tokens": prompt_tokens,
-                                    "forge.completion_tokens": completion_tokens,
-                                }
-                            )
-                            yield ChatEnd(
-                                prompt_tokens=prompt_tokens,
-                                completion_tokens=completion_tokens,
-                                verdict=_verdict(verdict, Stage.OUTPUT, offset=released),
-                                finish_reason=FinishReason.BLOCKED,
-                            )
-                            return  # closing the stream aborts the generation
-                        text = verdict.text_to_use(segment) if verdict is not None else segment
-                        released += len(segment)
-                        yield ChatDelta(text)
-            span.set_attributes(
-                {
-                    "forge.prompt_tokens": prompt_tokens,
-                    "forge.completion_tokens": completion_tokens,
-                    "forge.finish_reason": finish.value,
-                }
-            )
-            metrics.STAGE_SECONDS.labels("generate").observe(time.monotonic() - started)
-        yield ChatEnd(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=finish)
-
-
-def _search_attributes(tenant: str, collection: str, top_k: int) -> dict[str, AttributeValue]:
-    return {"forge.tenant": tenant, "forge.collection": collection, "forge.top_k": top_k}
-
-
-def _rail_attributes(stage: Stage, verdict: RailVerdict) -> dict[str, AttributeValue]:
-    return {
-        f"forge.rail.{stage.value}": verdict.decision.value,
-        "forge.rail.findings": len(verdict.findings),
-        "forge.rail.categories": sorted({f.category for f in verdict.findings}),
-    }
 
 
 def _end_attributes(end: ChatEnd) -> dict[str, AttributeValue]:
@@ -543,20 +270,3 @@ def _check_fits(prompt_tokens: int, budget: int, max_context: int, max_new: int)
             f"the conversation takes {prompt_tokens} tokens; with max_tokens {max_new} the model's "
             f"context of {max_context} tokens leaves {budget} for the prompt",
         )
-
-
-_STAGE_NAMES = {Stage.INPUT: "input", Stage.RETRIEVAL: "retrieval", Stage.OUTPUT: "output"}
-
-
-def _verdict(verdict: RailVerdict, stage: Stage, offset: int = 0) -> Verdict:
-    rails = sorted({f.rail for f in verdict.findings}) or ["policy"]
-    findings = tuple(
-        RailFinding(f.rail, f.category, f.score, f.start + offset, f.end + offset) for f in verdict.findings
-    )
-    subject = "request" if stage is Stage.INPUT else "answer"
-    return Verdict(
-        decision=verdict.decision,
-        stage=stage,
-        findings=findings,
-        message=f"The {subject} was blocked by the {_STAGE_NAMES[stage]} guardrail ({', '.join(rails)}).",
-    )

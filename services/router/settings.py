@@ -32,6 +32,9 @@ class RouterSettings(BaseSettings):
     milvus_token: str = ""
     # FLAT is exact and the only sensible choice in Lite; a server can use AUTOINDEX or HNSW.
     milvus_index_type: str = "FLAT"
+    # Each call of an ingest, delete or listing (embedding a batch, a Milvus write) made without a
+    # caller deadline is still bounded by this; with one, it gets what is left of it.
+    call_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     default_collection: str = "default"
     # Vector size of the embeddings model; checked against the embed service at start when it answers.
     embedding_dimension: Annotated[int, Field(ge=1)] = 384
@@ -49,6 +52,9 @@ class RouterSettings(BaseSettings):
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
     max_messages: Annotated[int, Field(ge=1)] = 64
     max_message_chars: Annotated[int, Field(ge=1)] = 16384
+    # All messages together: with the context documents the prompt stays within what the LLM
+    # service accepts (its max_input_chars, 65536 by default), so the caller hears the limit.
+    max_conversation_chars: Annotated[int, Field(ge=1)] = 16384
     system_prompt: str = (
         "You are a helpful assistant. Answer the question using the context documents when they are "
         "relevant, and say so when they do not contain the answer."
@@ -70,3 +76,5 @@ class RouterSettings(BaseSettings):
     max_document_chars: Annotated[int, Field(ge=1)] = 2_000_000
     max_document_id_chars: Annotated[int, Field(ge=1, le=512)] = 256
     embed_batch_size: Annotated[int, Field(ge=1, le=256)] = 64
+    # The embed service batches across requests too; a few batches in flight keep it busy.
+    embed_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4

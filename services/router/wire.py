@@ -8,8 +8,7 @@ from typing import TypeVar
 
 from forge.v1 import common_pb2, guardrails_pb2
 
-from services.router.admission import Priority
-from services.router.ports import Decision, FinishReason, Stage
+from services.router.ports import Decision, FinishReason, Priority, Stage
 
 K = TypeVar("K")
 V = TypeVar("V")

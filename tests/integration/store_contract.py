@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.router.store import ChunkRecord, StoreSchemaMismatch, VectorStore
+from services.router.clients.milvus_store import StoreSchemaMismatch, VectorStore
+from services.router.ports import ChunkRecord
 
 DIMENSION = 8
 

@@ -170,7 +170,7 @@ LONG = "word " * 3000
         (
             {"prompt": "hi", "params": common_pb2.SamplingParams(max_tokens=0)},
             "params.max_tokens",
-            "must be > 0",
+            "must be at least 1",
         ),
         (
             {"prompt": "hi", "params": common_pb2.SamplingParams(max_tokens=5000)},

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from services.router.store import StoreUnavailable, VectorStore
+from services.router.clients.milvus_store import VectorStore
+from services.router.ports import IndexUnavailable
 from tests.integration import store_contract
 from tests.integration.milvus_server import (
     MilvusServer,
@@ -68,5 +69,5 @@ async def test_reopen_sees_the_data(milvus_server: MilvusServer, server_store: V
 async def test_no_server_is_unavailable() -> None:
     from tests.helpers import free_port
 
-    with pytest.raises(StoreUnavailable, match=r"Milvus at 127\.0\.0\.1:\d+"):
+    with pytest.raises(IndexUnavailable, match=r"Milvus at 127\.0\.0\.1:\d+"):
         await VectorStore.open(f"http://127.0.0.1:{free_port()}", DIMENSION, timeout_s=3)

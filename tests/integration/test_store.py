@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.router.store import StoreUnavailable, VectorStore
+from services.router.clients.milvus_store import VectorStore
+from services.router.ports import IndexUnavailable
 from tests.integration import store_contract
 from tests.integration.store_contract import DIMENSION, StoreCase
 
@@ -70,7 +71,7 @@ async def test_file_held_by_another_process_is_unavailable(tmp_path: Path) -> No
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"holding\n"
-        with pytest.raises(StoreUnavailable, match="one process"):
+        with pytest.raises(IndexUnavailable, match="one process"):
             await VectorStore.open(uri, DIMENSION)
     finally:
         holder.stdin.close()

@@ -18,10 +18,10 @@ from services.router.admission import (
     Admission,
     AdmissionController,
     CapacitySnapshot,
-    Priority,
     TenantSnapshot,
 )
 from services.router.admission_metrics import AdmissionCollector, register_admission_metrics
+from services.router.ports import Priority
 
 INTERACTIVE = Priority.INTERACTIVE
 BATCH = Priority.BATCH

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 
 from services.common.errors import (
     DeadlineExceeded,
+    Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -28,6 +29,7 @@ ERRORS: dict[str, Exception] = {
     "late": DeadlineExceeded("the deadline passed during retrieval"),
     "missing": NotFound("collection 'x' does not exist"),
     "bug": KeyError("secret internal detail"),
+    "ours": Internal("llm rejected a request the router built: params.stop[0]: must be 1 to 64 characters"),
 }
 
 
@@ -107,6 +109,12 @@ async def test_dependency_down_is_unavailable_naming_it(channel: aio.Channel) ->
 )
 async def test_other_domain_errors(channel: aio.Channel, key: str, code: grpc.StatusCode) -> None:
     assert (await call_embed(channel, key)).code() == code
+
+
+async def test_a_known_internal_fault_is_internal_and_says_what_it_was(channel: aio.Channel) -> None:
+    err = await call_embed(channel, "ours")
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == str(ERRORS["ours"])
 
 
 async def test_unexpected_exception_is_internal_without_internals(channel: aio.Channel) -> None:

@@ -26,7 +26,7 @@ from forge.v1 import common_pb2 as forge_dot_v1_dot_common__pb2
 from forge.v1 import guardrails_pb2 as forge_dot_v1_dot_guardrails__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66orge/v1/router.proto\x12\x08\x66orge.v1\x1a\x15\x66orge/v1/common.proto\x1a\x19\x66orge/v1/guardrails.proto\"\xc4\x01\n\x0b\x43hatRequest\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.forge.v1.ChatMessage\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12(\n\x06params\x18\x04 \x01(\x0b\x32\x18.forge.v1.SamplingParams\x12$\n\x08priority\x18\x05 \x01(\x0e\x32\x12.forge.v1.Priority\x12\x19\n\x11\x64isable_retrieval\x18\x06 \x01(\x08\"R\n\x0c\x43hatResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.forge.v1.ChatSummaryH\x00\x42\x07\n\x05\x65vent\"C\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"\x85\x01\n\x07Verdict\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.forge.v1.Decision\x12\x1e\n\x05stage\x18\x02 \x01(\x0e\x32\x0f.forge.v1.Stage\x12#\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x11.forge.v1.Finding\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xcb\x01\n\x0b\x43hatSummary\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.forge.v1.Citation\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.forge.v1.Usage\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\"\n\x07verdict\x18\x05 \x01(\x0b\x32\x11.forge.v1.Verdict\x12-\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x16.forge.v1.FinishReason\"A\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"\xb8\x01\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.forge.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.forge.v1.SearchHit\"\x89\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .forge.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x12.forge.v1.Document\"o\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x1a\n\x12\x64ocuments_ingested\x18\x03 \x01(\r\x12\x17\n\x0f\x63hunks_ingested\x18\x04 \x01(\r\"B\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"L\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\r\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\r\"\x18\n\x16ListCollectionsRequest\"3\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\x04\"H\n\x17ListCollectionsResponse\x12-\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x18.forge.v1.CollectionInfo\"\x14\n\x12GetCapacityRequest\"L\n\x0bTenantUsage\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\r\"\xdd\x02\n\x13GetCapacityResponse\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\r\x12\x15\n\rqueue_enabled\x18\x04 \x01(\x08\x12\x16\n\x0equeue_capacity\x18\x05 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x64mitted_total\x18\x07 \x01(\x04\x12H\n\x0erejected_total\x18\x08 \x03(\x0b\x32\x30.forge.v1.GetCapacityResponse.RejectedTotalEntry\x12&\n\x07tenants\x18\t \x03(\x0b\x32\x15.forge.v1.TenantUsage\x1a\x34\n\x12RejectedTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\" \n\x1e\x41\x64minServiceGetGpuStatsRequest\"\x8d\x01\n\x1f\x41\x64minServiceGetGpuStatsResponse\x12\x1f\n\x03gpu\x18\x01 \x01(\x0b\x32\x12.forge.v1.GpuStats\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.forge.v1.ServiceGpuUsage\x12\x1c\n\x14unreachable_services\x18\x03 \x03(\t2\xf6\x02\n\rRouterService\x12\x37\n\x04\x43hat\x12\x15.forge.v1.ChatRequest\x1a\x16.forge.v1.ChatResponse0\x01\x12;\n\x06Search\x12\x17.forge.v1.SearchRequest\x1a\x18.forge.v1.SearchResponse\x12?\n\x06Ingest\x12\x17.forge.v1.IngestRequest\x1a\x18.forge.v1.IngestResponse(\x01\x30\x01\x12V\n\x0f\x44\x65leteDocuments\x12 .forge.v1.DeleteDocumentsRequest\x1a!.forge.v1.DeleteDocumentsResponse\x12V\n\x0fListCollections\x12 .forge.v1.ListCollectionsRequest\x1a!.forge.v1.ListCollectionsResponse2\xbe\x01\n\x0c\x41\x64minService\x12J\n\x0bGetCapacity\x12\x1c.forge.v1.GetCapacityRequest\x1a\x1d.forge.v1.GetCapacityResponse\x12\x62\n\x0bGetGpuStats\x12(.forge.v1.AdminServiceGetGpuStatsRequest\x1a).forge.v1.AdminServiceGetGpuStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66orge/v1/router.proto\x12\x08\x66orge.v1\x1a\x15\x66orge/v1/common.proto\x1a\x19\x66orge/v1/guardrails.proto\"\xc4\x01\n\x0b\x43hatRequest\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.forge.v1.ChatMessage\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12(\n\x06params\x18\x04 \x01(\x0b\x32\x18.forge.v1.SamplingParams\x12$\n\x08priority\x18\x05 \x01(\x0e\x32\x12.forge.v1.Priority\x12\x19\n\x11\x64isable_retrieval\x18\x06 \x01(\x08\"R\n\x0c\x43hatResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.forge.v1.ChatSummaryH\x00\x42\x07\n\x05\x65vent\"C\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"\x85\x01\n\x07Verdict\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.forge.v1.Decision\x12\x1e\n\x05stage\x18\x02 \x01(\x0e\x32\x0f.forge.v1.Stage\x12#\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x11.forge.v1.Finding\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xcb\x01\n\x0b\x43hatSummary\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.forge.v1.Citation\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.forge.v1.Usage\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\"\n\x07verdict\x18\x05 \x01(\x0b\x32\x11.forge.v1.Verdict\x12-\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x16.forge.v1.FinishReason\"A\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"\xb8\x01\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.forge.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.forge.v1.SearchHit\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\"\x89\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .forge.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x12.forge.v1.Document\"o\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x1a\n\x12\x64ocuments_ingested\x18\x03 \x01(\r\x12\x17\n\x0f\x63hunks_ingested\x18\x04 \x01(\r\"B\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"L\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\r\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\r\"\x18\n\x16ListCollectionsRequest\"3\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\x04\"H\n\x17ListCollectionsResponse\x12-\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x18.forge.v1.CollectionInfo\"\x14\n\x12GetCapacityRequest\"L\n\x0bTenantUsage\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\r\"\xdd\x02\n\x13GetCapacityResponse\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\r\x12\x15\n\rqueue_enabled\x18\x04 \x01(\x08\x12\x16\n\x0equeue_capacity\x18\x05 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x64mitted_total\x18\x07 \x01(\x04\x12H\n\x0erejected_total\x18\x08 \x03(\x0b\x32\x30.forge.v1.GetCapacityResponse.RejectedTotalEntry\x12&\n\x07tenants\x18\t \x03(\x0b\x32\x15.forge.v1.TenantUsage\x1a\x34\n\x12RejectedTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\" \n\x1e\x41\x64minServiceGetGpuStatsRequest\"\x8d\x01\n\x1f\x41\x64minServiceGetGpuStatsResponse\x12\x1f\n\x03gpu\x18\x01 \x01(\x0b\x32\x12.forge.v1.GpuStats\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.forge.v1.ServiceGpuUsage\x12\x1c\n\x14unreachable_services\x18\x03 \x03(\t2\xf6\x02\n\rRouterService\x12\x37\n\x04\x43hat\x12\x15.forge.v1.ChatRequest\x1a\x16.forge.v1.ChatResponse0\x01\x12;\n\x06Search\x12\x17.forge.v1.SearchRequest\x1a\x18.forge.v1.SearchResponse\x12?\n\x06Ingest\x12\x17.forge.v1.IngestRequest\x1a\x18.forge.v1.IngestResponse(\x01\x30\x01\x12V\n\x0f\x44\x65leteDocuments\x12 .forge.v1.DeleteDocumentsRequest\x1a!.forge.v1.DeleteDocumentsResponse\x12V\n\x0fListCollections\x12 .forge.v1.ListCollectionsRequest\x1a!.forge.v1.ListCollectionsResponse2\xbe\x01\n\x0c\x41\x64minService\x12J\n\x0bGetCapacity\x12\x1c.forge.v1.GetCapacityRequest\x1a\x1d.forge.v1.GetCapacityResponse\x12\x62\n\x0bGetGpuStats\x12(.forge.v1.AdminServiceGetGpuStatsRequest\x1a).forge.v1.AdminServiceGetGpuStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,39 +56,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=984
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=1031
   _globals['_SEARCHRESPONSE']._serialized_start=1033
-  _globals['_SEARCHRESPONSE']._serialized_end=1084
-  _globals['_DOCUMENT']._serialized_start=1087
-  _globals['_DOCUMENT']._serialized_end=1224
+  _globals['_SEARCHRESPONSE']._serialized_end=1102
+  _globals['_DOCUMENT']._serialized_start=1105
+  _globals['_DOCUMENT']._serialized_end=1242
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=984
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=1031
-  _globals['_INGESTREQUEST']._serialized_start=1226
-  _globals['_INGESTREQUEST']._serialized_end=1299
-  _globals['_INGESTRESPONSE']._serialized_start=1301
-  _globals['_INGESTRESPONSE']._serialized_end=1412
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1414
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1480
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1482
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1558
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1560
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1584
-  _globals['_COLLECTIONINFO']._serialized_start=1586
-  _globals['_COLLECTIONINFO']._serialized_end=1637
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1639
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1711
-  _globals['_GETCAPACITYREQUEST']._serialized_start=1713
-  _globals['_GETCAPACITYREQUEST']._serialized_end=1733
-  _globals['_TENANTUSAGE']._serialized_start=1735
-  _globals['_TENANTUSAGE']._serialized_end=1811
-  _globals['_GETCAPACITYRESPONSE']._serialized_start=1814
-  _globals['_GETCAPACITYRESPONSE']._serialized_end=2163
-  _globals['_GETCAPACITYRESPONSE_REJECTEDTOTALENTRY']._serialized_start=2111
-  _globals['_GETCAPACITYRESPONSE_REJECTEDTOTALENTRY']._serialized_end=2163
-  _globals['_ADMINSERVICEGETGPUSTATSREQUEST']._serialized_start=2165
-  _globals['_ADMINSERVICEGETGPUSTATSREQUEST']._serialized_end=2197
-  _globals['_ADMINSERVICEGETGPUSTATSRESPONSE']._serialized_start=2200
-  _globals['_ADMINSERVICEGETGPUSTATSRESPONSE']._serialized_end=2341
-  _globals['_ROUTERSERVICE']._serialized_start=2344
-  _globals['_ROUTERSERVICE']._serialized_end=2718
-  _globals['_ADMINSERVICE']._serialized_start=2721
-  _globals['_ADMINSERVICE']._serialized_end=2911
+  _globals['_INGESTREQUEST']._serialized_start=1244
+  _globals['_INGESTREQUEST']._serialized_end=1317
+  _globals['_INGESTRESPONSE']._serialized_start=1319
+  _globals['_INGESTRESPONSE']._serialized_end=1430
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1432
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1498
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1500
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1576
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1578
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1602
+  _globals['_COLLECTIONINFO']._serialized_start=1604
+  _globals['_COLLECTIONINFO']._serialized_end=1655
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1657
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1729
+  _globals['_GETCAPACITYREQUEST']._serialized_start=1731
+  _globals['_GETCAPACITYREQUEST']._serialized_end=1751
+  _globals['_TENANTUSAGE']._serialized_start=1753
+  _globals['_TENANTUSAGE']._serialized_end=1829
+  _globals['_GETCAPACITYRESPONSE']._serialized_start=1832
+  _globals['_GETCAPACITYRESPONSE']._serialized_end=2181
+  _globals['_GETCAPACITYRESPONSE_REJECTEDTOTALENTRY']._serialized_start=2129
+  _globals['_GETCAPACITYRESPONSE_REJECTEDTOTALENTRY']._serialized_end=2181
+  _globals['_ADMINSERVICEGETGPUSTATSREQUEST']._serialized_start=2183
+  _globals['_ADMINSERVICEGETGPUSTATSREQUEST']._serialized_end=2215
+  _globals['_ADMINSERVICEGETGPUSTATSRESPONSE']._serialized_start=2218
+  _globals['_ADMINSERVICEGETGPUSTATSRESPONSE']._serialized_end=2359
+  _globals['_ROUTERSERVICE']._serialized_start=2362
+  _globals['_ROUTERSERVICE']._serialized_end=2736
+  _globals['_ADMINSERVICE']._serialized_start=2739
+  _globals['_ADMINSERVICE']._serialized_end=2929
 # @@protoc_insertion_point(module_scope)

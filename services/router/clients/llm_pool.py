@@ -17,14 +17,10 @@ import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
-
-from grpc import aio
+from typing import Generic, Protocol, TypeVar
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.router.admission import Priority
-from services.router.downstream import GrpcLlm
-from services.router.ports import Generated, Message, Sampling
+from services.router.ports import Generated, GenerateRequest, Llm, Message
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +28,20 @@ T = TypeVar("T")
 DNS_SCHEME = "dns:///"
 
 
+class Channel(Protocol):
+    """What the pool needs of a connection to a replica: to close it."""
+
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Channel)
+
+
 @dataclass
-class Replica:
+class Replica(Generic[C]):
     address: str
-    channel: aio.Channel
-    client: GrpcLlm
+    channel: C
+    client: Llm
     inflight: int = 0
     down_until: float = 0.0
     failures: int = 0
@@ -56,17 +61,19 @@ def _resolve(target: str) -> list[str]:
     return sorted(addresses)
 
 
-class LlmPool:
+class LlmPool(Generic[C]):
+    """`open_channel` connects to a replica's address, `make_client` makes its `Llm` client."""
+
     dependency = "llm"
 
     def __init__(
         self,
         targets: Sequence[str],
-        open_channel: Callable[[str], aio.Channel],
+        open_channel: Callable[[str], C],
+        make_client: Callable[[C], Llm],
         cooldown_s: float = 5.0,
         resolve_every_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
-        make_client: Callable[[aio.Channel], GrpcLlm] = GrpcLlm,
     ) -> None:
         if not targets:
             raise ValueError("at least one LLM address is needed")
@@ -76,7 +83,7 @@ class LlmPool:
         self._resolve_every_s = resolve_every_s
         self._clock = clock
         self._make_client = make_client
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: dict[str, Replica[C]] = {}
         self._resolved_at = -float("inf")
         self._turn = itertools.count()
         self._dynamic = any(t.startswith(DNS_SCHEME) for t in self._targets)
@@ -84,7 +91,7 @@ class LlmPool:
             self._update(self._targets)
 
     @property
-    def replicas(self) -> list[Replica]:
+    def replicas(self) -> list[Replica[C]]:
         return list(self._replicas.values())
 
     def _update(self, addresses: Sequence[str]) -> None:
@@ -109,7 +116,7 @@ class LlmPool:
         if resolved:
             self._update(resolved)
 
-    async def _pick(self, tried: set[str]) -> Replica:
+    async def _pick(self, tried: set[str]) -> Replica[C]:
         """The least-loaded replica not tried yet; replicas in cooldown only when nothing else is left."""
         await self._refresh()
         candidates = [r for r in self._replicas.values() if r.address not in tried]
@@ -123,17 +130,17 @@ class LlmPool:
         tied = [r for r in up if r.inflight == least]
         return tied[next(self._turn) % len(tied)]
 
-    def _failed(self, replica: Replica, exc: Exception) -> None:
+    def _failed(self, replica: Replica[C], exc: Exception) -> None:
         replica.failures += 1
         replica.down_until = self._clock() + self._cooldown_s
         log.warning(
             "LLM replica %s failed (%s); trying another for %.0fs", replica.address, exc, self._cooldown_s
         )
 
-    def _succeeded(self, replica: Replica) -> None:
+    def _succeeded(self, replica: Replica[C]) -> None:
         replica.down_until = 0.0
 
-    async def _any(self, call: Callable[[GrpcLlm], Awaitable[T]]) -> T:
+    async def _any(self, call: Callable[[Llm], Awaitable[T]]) -> T:
         tried: set[str] = set()
         while True:
             replica = await self._pick(tried)
@@ -155,14 +162,7 @@ class LlmPool:
     async def count_text_tokens(self, text: str, timeout_s: float) -> int:
         return await self._any(lambda c: c.count_text_tokens(text, timeout_s))
 
-    async def generate(
-        self,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        priority: Priority,
-        request_id: str,
-        timeout_s: float,
-    ) -> AsyncGenerator[Generated, None]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Generated, None]:
         tried: set[str] = set()
         busy: ResourceExhausted | None = None
         while True:
@@ -176,7 +176,7 @@ class LlmPool:
             started = False
             replica.inflight += 1
             try:
-                stream = replica.client.generate(messages, sampling, priority, request_id, timeout_s)
+                stream = replica.client.generate(request)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         started = True

@@ -1,28 +1,28 @@
-"""gRPC adapters of the router: metadata and messages in, domain calls, messages out."""
+"""gRPC adapter of the router's public API: metadata and messages in, use cases, messages out."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
+from forge.v1 import common_pb2, router_pb2, router_pb2_grpc
 from grpc import aio
 from opentelemetry import trace
 
-from services.common.errors import InvalidArgument, Unavailable
-from services.router.admission import Priority
+from services.common.codec import finding_to_pb, sampling_from_pb
+from services.common.errors import InvalidArgument
+from services.router import validation
 from services.router.deadline import Deadline
+from services.router.documents import Documents
 from services.router.ingest import DocumentInput, Ingestor
-from services.router.ports import Message, Sampling
-from services.router.rag import ChatDelta, ChatEnd, ChatInput, ChatOrchestrator, validate_collection
-from services.router.store import StoreUnavailable, VectorStore
+from services.router.ports import ChatDelta, ChatEnd, ChatInput, Message, Priority
+from services.router.rag import ChatOrchestrator
+from services.router.search import Searcher
 from services.router.wire import DECISION_TO_PB, FINISH_TO_PB, PRIORITY_FROM_PB, STAGE_TO_PB
 
 TENANT_HEADER = "x-forge-tenant"
 TRACE_ID_HEADER = "x-forge-trace-id"
 DEFAULT_TENANT = "default"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 Context = aio.ServicerContext[object, object]
@@ -33,11 +33,7 @@ def tenant_of(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_HEADER:
             tenant = value if isinstance(value, str) else value.decode()
-            if not TENANT_PATTERN.match(tenant):
-                raise InvalidArgument(
-                    f"metadata {TENANT_HEADER}", f"must match {TENANT_PATTERN.pattern}, got {tenant[:64]!r}"
-                )
-            return tenant
+            return validation.tenant(tenant, f"metadata {TENANT_HEADER}")
     return DEFAULT_TENANT
 
 
@@ -48,17 +44,6 @@ def deadline_of(context: Context) -> Deadline:
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
-def _sampling(params: common_pb2.SamplingParams) -> Sampling:
-    return Sampling(
-        max_tokens=params.max_tokens if params.HasField("max_tokens") else None,
-        temperature=params.temperature if params.HasField("temperature") else None,
-        top_p=params.top_p if params.HasField("top_p") else None,
-        top_k=params.top_k if params.HasField("top_k") else None,
-        stop=tuple(params.stop),
-        seed=params.seed if params.HasField("seed") else None,
-    )
 
 
 def _priority(value: common_pb2.Priority.ValueType) -> Priority:
@@ -85,12 +70,7 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
             router_pb2.Verdict(
                 decision=DECISION_TO_PB[v.decision],
                 stage=STAGE_TO_PB[v.stage],
-                findings=[
-                    guardrails_pb2.Finding(
-                        rail=f.rail, category=f.category, score=f.score, start=f.start, end=f.end
-                    )
-                    for f in v.findings
-                ],
+                findings=[finding_to_pb(f) for f in v.findings],
                 message=v.message,
             )
         )
@@ -99,9 +79,12 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
 
 @dataclass(frozen=True)
 class RouterParts:
+    """The use cases the servicer calls."""
+
     chat: ChatOrchestrator
+    search: Searcher
     ingestor: Ingestor
-    store: VectorStore
+    documents: Documents
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -111,18 +94,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, parts: Callable[[], RouterParts]) -> None:
         self._parts = parts
 
-    @property
-    def _chat(self) -> ChatOrchestrator:
-        return self._parts().chat
-
-    @property
-    def _ingestor(self) -> Ingestor:
-        return self._parts().ingestor
-
-    @property
-    def _store(self) -> VectorStore:
-        return self._parts().store
-
     async def Chat(
         self, request: router_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[router_pb2.ChatResponse]:
@@ -131,7 +102,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             messages=tuple(Message(m.role, m.content) for m in request.messages),
             collection=request.collection,
             top_k=request.top_k,
-            sampling=_sampling(request.params),
+            sampling=sampling_from_pb(request.params),
             priority=_priority(request.priority),
             disable_retrieval=request.disable_retrieval,
         )
@@ -139,14 +110,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Up front, so a client has the trace id before the first text (which the output rail
         # releases a sentence at a time).
         await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
-        async for event in self._chat.chat(tenant, chat, deadline_of(context)):
+        async for event in self._parts().chat.chat(tenant, chat, deadline_of(context)):
             if isinstance(event, ChatDelta):
                 yield router_pb2.ChatResponse(delta=event.text)
             else:
                 yield router_pb2.ChatResponse(summary=_summary(event, trace_id))
 
     async def Search(self, request: router_pb2.SearchRequest, context: Context) -> router_pb2.SearchResponse:
-        chunks = await self._chat.search(
+        result = await self._parts().search.search(
             tenant_of(context), request.query, request.collection, request.top_k, deadline_of(context)
         )
         return router_pb2.SearchResponse(
@@ -158,8 +129,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     text=c.text,
                     metadata=c.metadata,
                 )
-                for c in chunks
-            ]
+                for c in result.chunks
+            ],
+            degraded=result.degraded,
         )
 
     async def Ingest(
@@ -167,15 +139,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.IngestResponse]:
         tenant = tenant_of(context)
         deadline = deadline_of(context)
-        default = self._chat.settings.default_collection
+        ingestor = self._parts().ingestor
         touched: set[str] = set()
         documents = chunks = 0
         async for request in request_iterator:
             if not request.HasField("document"):
                 raise InvalidArgument("document", f"is required (message {documents + 1} of the stream)")
-            collection = validate_collection(request.collection, default)
+            collection = ingestor.collection(request.collection)
             doc = request.document
-            stored = await self._ingestor.ingest(
+            stored = await ingestor.ingest(
                 tenant, collection, DocumentInput(doc.id, doc.text, dict(doc.metadata)), deadline
             )
             touched.add(collection)
@@ -188,33 +160,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 chunks_ingested=chunks,
             )
         # The stream ends OK only once everything is durable.
-        await self._ingestor.flush(touched)
+        await ingestor.flush(touched, deadline)
 
     async def DeleteDocuments(
         self, request: router_pb2.DeleteDocumentsRequest, context: Context
     ) -> router_pb2.DeleteDocumentsResponse:
-        tenant = tenant_of(context)
-        collection = validate_collection(request.collection, self._chat.settings.default_collection)
-        if not request.document_ids:
-            raise InvalidArgument("document_ids", "must name at least one document")
-        for i, doc_id in enumerate(request.document_ids):
-            if not doc_id.strip():
-                raise InvalidArgument(f"document_ids[{i}]", "must not be empty")
-        try:
-            documents, chunks = await self._store.delete_documents(
-                tenant, collection, list(request.document_ids)
-            )
-        except StoreUnavailable as exc:
-            raise Unavailable("milvus", str(exc)) from exc
+        documents, chunks = await self._parts().documents.delete(
+            tenant_of(context), request.collection, list(request.document_ids), deadline_of(context)
+        )
         return router_pb2.DeleteDocumentsResponse(deleted_documents=documents, deleted_chunks=chunks)
 
     async def ListCollections(
         self, request: router_pb2.ListCollectionsRequest, context: Context
     ) -> router_pb2.ListCollectionsResponse:
-        try:
-            collections = await self._store.list_collections(tenant_of(context))
-        except StoreUnavailable as exc:
-            raise Unavailable("milvus", str(exc)) from exc
+        collections = await self._parts().documents.collections(tenant_of(context), deadline_of(context))
         return router_pb2.ListCollectionsResponse(
             collections=[
                 router_pb2.CollectionInfo(name=name, chunk_count=count) for name, count in collections

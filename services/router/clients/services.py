@@ -1,8 +1,9 @@
 """gRPC clients of the LLM, embeddings and guardrails services, behind the domain ports.
 
-Each call carries the timeout the orchestrator carved from the caller's deadline; gRPC failures
+Each call carries the timeout the use case carved from the caller's deadline; gRPC failures
 become domain errors naming the dependency (UNAVAILABLE "llm unavailable: ..."), so the router's
-own error mapping answers the caller with a clear status.
+own error mapping answers the caller with a clear status. A request these clients built that a
+service rejects as invalid is the router's bug: INTERNAL naming the service, and counted.
 """
 
 from __future__ import annotations
@@ -18,45 +19,35 @@ from forge.v1 import (
     guardrails_pb2_grpc,
     llm_pb2,
     llm_pb2_grpc,
-    ops_pb2,
-    ops_pb2_grpc,
 )
 from grpc import aio
 
-from services.common import telemetry
+from services.common import channels, telemetry
+from services.common.codec import sampling_to_pb
 from services.common.errors import (
     DeadlineExceeded,
     ForgeError,
-    InvalidArgument,
+    Internal,
     ResourceExhausted,
     Unavailable,
 )
 from services.common.status import retry_details
-from services.router.admission import Priority
+from services.router import metrics
 from services.router.ports import (
     Decision,
     Generated,
+    GenerateRequest,
     Message,
     RailFinding,
     RailVerdict,
-    Sampling,
     Stage,
 )
 from services.router.wire import DECISION_FROM_PB, FINISH_FROM_PB, PRIORITY_TO_PB, STAGE_TO_PB
 
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
 
 def open_channel(address: str) -> aio.Channel:
     """A channel with the tracing interceptors, so the trace continues into the service."""
-    return aio.insecure_channel(
-        address,
-        interceptors=telemetry.client_interceptors(address),
-        options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ],
-    )
+    return channels.insecure_channel(address, interceptors=telemetry.client_interceptors(address))
 
 
 def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None = None) -> ForgeError:
@@ -72,7 +63,9 @@ def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None 
             reason or f"{dependency.upper()}_BUSY", f"{dependency}: {details}", retry_after or 1.0
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(dependency, details)
+        # The caller's input was checked before the router built this request.
+        metrics.DEPENDENCY_REJECTIONS.labels(dependency).inc()
+        return Internal(f"{dependency} rejected a request the router built: {details}")
     return Unavailable(dependency, f"{code.name}: {details}")
 
 
@@ -151,30 +144,15 @@ class GrpcLlm:
     async def count_text_tokens(self, text: str, timeout_s: float) -> int:
         return await self._tokenize(llm_pb2.TokenizeRequest(prompt=text), timeout_s)
 
-    async def generate(
-        self,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        priority: Priority,
-        request_id: str,
-        timeout_s: float,
-    ) -> AsyncGenerator[Generated, None]:
-        params = common_pb2.SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            stop=sampling.stop,
-            seed=sampling.seed,
-        )
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Generated, None]:
         call = self._stub.Generate(
             llm_pb2.GenerateRequest(
-                messages=_messages(messages),
-                params=params,
-                request_id=request_id,
-                priority=PRIORITY_TO_PB[priority],
+                messages=_messages(request.messages),
+                params=sampling_to_pb(request.sampling),
+                request_id=request.request_id,
+                priority=PRIORITY_TO_PB[request.priority],
             ),
-            timeout=timeout_s,
+            timeout=request.timeout_s,
         )
         try:
             async for reply in call:
@@ -186,12 +164,7 @@ class GrpcLlm:
                     completion_tokens=reply.usage.completion_tokens,
                 )
         except aio.AioRpcError as err:
-            raise domain_error(self.dependency, err, timeout_s) from err
+            raise domain_error(self.dependency, err, request.timeout_s) from err
         finally:
             # Closing early (a blocked answer, a cancelled caller) must abort the generation.
             call.cancel()
-
-
-async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
-    stub = ops_pb2_grpc.OpsServiceStub(channel)
-    return await stub.GetGpuStats(ops_pb2.GetGpuStatsRequest(), timeout=timeout_s)

@@ -8,18 +8,23 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-from forge.v1 import ops_pb2, router_pb2, router_pb2_grpc
+from forge.v1 import ops_pb2, ops_pb2_grpc, router_pb2, router_pb2_grpc
 from grpc import aio
 
 from services.common.gpu import descendant_pids, read_gpu_snapshot
 from services.common.ops import gpu_stats_message
 from services.router.admission import AdmissionController
-from services.router.downstream import gpu_stats
 
 log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[object, object]
 GPU_STATS_TIMEOUT_S = 3.0
+
+
+async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
+    """One service's own view of its GPU use (its OpsService)."""
+    stub = ops_pb2_grpc.OpsServiceStub(channel)
+    return await stub.GetGpuStats(ops_pb2.GetGpuStatsRequest(), timeout=timeout_s)
 
 
 class AdminServicer(router_pb2_grpc.AdminServiceServicer):

@@ -14,8 +14,10 @@ Milvus Lite 2.5.1 also turns a rejected upsert into a delete (the old rows with 
 the new ones never written) and does not enforce VARCHAR lengths, so every row is validated here,
 before the one upsert call, against the limits a server would enforce.
 
-No gRPC server code here: bad input raises `InvalidArgument`, a Milvus failure `StoreUnavailable`
-(`StoreTimeout` when a call ran out of time), and the server kit maps those to status codes.
+Implements the `VectorIndex` port. Every public call is bounded by the `timeout_s` the use case
+carved from the caller's deadline (the store's own default only when none is given), shared by the
+Milvus calls it makes. Bad input raises `InvalidArgument`, a Milvus failure `IndexUnavailable`, a
+call that ran out of time `IndexTimeout`; the server kit maps those to status codes, unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import importlib
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -37,20 +40,20 @@ import grpc
 from pymilvus import AsyncMilvusClient, DataType, MilvusException
 from pymilvus import exceptions as milvus_errors
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument
+from services.router import validation
+from services.router.ports import ChunkRecord, ContextChunk, IndexTimeout, IndexUnavailable
 
 T = TypeVar("T")
 
 COLLECTION_PREFIX: Final = "forge_"
-COLLECTION_NAME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
-TENANT_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 INDEX_TYPES: Final = frozenset({"FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"})
 LITE_INDEX_TYPES: Final = frozenset({"FLAT", "IVF_FLAT", "AUTOINDEX"})
 METRIC: Final = "COSINE"
 
 # Field limits, in UTF-8 bytes (the unit a server checks VARCHAR max_length in; Lite checks nothing).
 MAX_TENANT_BYTES: Final = 128
-MAX_DOCUMENT_ID_BYTES: Final = 512
+MAX_DOCUMENT_ID_BYTES: Final = validation.MAX_DOCUMENT_ID_BYTES
 MAX_TEXT_BYTES: Final = 65535
 MAX_METADATA_BYTES: Final = 65536  # Milvus' default cap on one JSON value
 MAX_TOP_K: Final = 16384  # Milvus' limit on topk
@@ -83,34 +86,26 @@ _PROGRAMMING_ERRORS: Final = (
 _COLLECTION_NOT_FOUND: Final = 100  # Milvus error code
 
 
-@dataclass(frozen=True)
-class ChunkRecord:
-    document_id: str
-    chunk_index: int
-    text: str
-    vector: Sequence[float]
-    metadata: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class StoredHit:
-    document_id: str
-    chunk_index: int
-    score: float  # cosine similarity, in [-1, 1]; higher is closer
-    text: str
-    metadata: dict[str, str]
-
-
-class StoreUnavailable(Unavailable):
-    """A Milvus call failed (connection, server error, or the Lite file held by another process)."""
+class MilvusUnavailable(IndexUnavailable):
+    """A Milvus call failed; `milvus_code` is Milvus' own error code where it gave one."""
 
     def __init__(self, message: str, milvus_code: int | None = None) -> None:
-        super().__init__("milvus", message)
+        super().__init__(message)
         self.milvus_code = milvus_code
 
 
-class StoreTimeout(StoreUnavailable):
-    """A Milvus call ran past its timeout. The caller knows whether its own deadline was the cause."""
+class _TimeBudget:
+    """One public call's time, shared by the Milvus calls it makes."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._expires_at = time.monotonic() + timeout_s
+
+    def left(self, what: str) -> float:
+        left = self._expires_at - time.monotonic()
+        if left <= 0:
+            raise IndexTimeout(f"{what}: no time left of the {self.timeout_s:.2f}s given")
+        return left
 
 
 class StoreSchemaMismatch(ValueError):
@@ -185,7 +180,7 @@ class VectorStore:
             raise ValueError(f"dimension must be in 1..{MAX_DIMENSION}, got {dimension}")
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
-        _check_collection(default_collection)
+        validation.collection(default_collection)
         lite_path = _lite_path(uri)
         if lite_path is not None:
             if index_type not in LITE_INDEX_TYPES:
@@ -208,7 +203,7 @@ class VectorStore:
             client = await asyncio.to_thread(AsyncMilvusClient, client_uri, token=token, timeout=timeout_s)
         except MilvusException as e:
             hint = " (a Lite file can be open in one process only)" if lite_path else ""
-            raise StoreUnavailable(f"cannot open {target}: {e.message}{hint}", e.code) from e
+            raise MilvusUnavailable(f"cannot open {target}: {e.message}{hint}", e.code) from e
         if lite_path is not None:
             _lite_users[lite_path] = _lite_users.get(lite_path, 0) + 1
         store = cls(
@@ -221,7 +216,7 @@ class VectorStore:
             timeout_s=timeout_s,
         )
         try:
-            await store._ensure(_milvus_name(default_collection), create=True)
+            await store._ensure(_milvus_name(default_collection), store._budget(None), create=True)
         except BaseException:
             await store.close()
             raise
@@ -243,25 +238,33 @@ class VectorStore:
                 manager = importlib.import_module("milvus_lite.server_manager").server_manager_instance
                 await asyncio.to_thread(manager.release_server, self._lite_path)
 
+    def _budget(self, timeout_s: float | None) -> _TimeBudget:
+        return _TimeBudget(self._timeout_s if timeout_s is None else timeout_s)
+
     # --- writes -------------------------------------------------------------------------------
 
     async def replace_document(
-        self, tenant: str, collection: str, document_id: str, chunks: Sequence[ChunkRecord]
+        self,
+        tenant: str,
+        collection: str,
+        document_id: str,
+        chunks: Sequence[ChunkRecord],
+        timeout_s: float | None = None,
     ) -> int:
         """Store `chunks` as the whole of the document, replacing any earlier version. Returns the
         number stored. An empty `chunks` deletes the document."""
-        _check_tenant(tenant)
+        validation.tenant(tenant)
         name = _milvus_name(collection)
         rows = self._rows(tenant, collection, document_id, chunks)
+        budget = self._budget(timeout_s)
         async with self._document_locks(tenant, name, [document_id]):
             if rows:
-                await self._ensure(name, create=True)
+                await self._ensure(name, budget, create=True)
                 # One upsert: a failure leaves the old version whole and no part of the new one.
                 await self._call(
-                    f"upsert into {name}",
-                    lambda: self._client.upsert(name, rows, timeout=self._timeout_s),
+                    f"upsert into {name}", lambda t: self._client.upsert(name, rows, timeout=t), budget
                 )
-            elif not await self._ensure(name, create=False):
+            elif not await self._ensure(name, budget, create=False):
                 return 0
             # The old version's chunks beyond the new length; after the upsert, so a failure there
             # leaves the new version plus a stale tail, never a hole.
@@ -270,41 +273,44 @@ class VectorStore:
             )
             await self._call(
                 f"delete from {name}",
-                lambda: self._client.delete(
+                lambda t: self._client.delete(
                     name,
                     filter=f"{_eq('tenant', tenant)} and {stale}",
                     consistency_level="Strong",
-                    timeout=self._timeout_s,
+                    timeout=t,
                 ),
+                budget,
             )
         return len(rows)
 
     async def delete_documents(
-        self, tenant: str, collection: str, document_ids: Sequence[str]
+        self, tenant: str, collection: str, document_ids: Sequence[str], timeout_s: float | None = None
     ) -> tuple[int, int]:
         """Delete these documents of the tenant. Returns (documents that existed, chunks deleted)."""
-        _check_tenant(tenant)
+        validation.tenant(tenant)
         name = _milvus_name(collection)
         ids = sorted(set(document_ids))
         for i, document_id in enumerate(ids):
-            _check_document_id(document_id, f"document_ids[{i}]")
-        if not ids or not await self._ensure(name, create=False):
+            validation.stored_document_id(document_id, f"document_ids[{i}]")
+        budget = self._budget(timeout_s)
+        if not ids or not await self._ensure(name, budget, create=False):
             return 0, 0
         documents = chunks = 0
         async with self._document_locks(tenant, name, ids):
             for start in range(0, len(ids), _IDS_PER_EXPRESSION):
                 keys = [_doc_key(tenant, collection, d) for d in ids[start : start + _IDS_PER_EXPRESSION]]
-                found, deleted = await self._delete_keys(name, tenant, keys)
+                found, deleted = await self._delete_keys(name, tenant, keys, budget)
                 documents += found
                 chunks += deleted
         return documents, chunks
 
-    async def flush(self, collection: str) -> None:
+    async def flush(self, collection: str, timeout_s: float | None = None) -> None:
         """Seal the collection's recent writes into persisted segments (Milvus does this by itself too;
         a Lite file keeps its data across close and reopen without it)."""
         name = _milvus_name(collection)
-        if await self._ensure(name, create=False):
-            await self._call(f"flush {name}", lambda: self._client.flush(name, timeout=self._timeout_s))
+        budget = self._budget(timeout_s)
+        if await self._ensure(name, budget, create=False):
+            await self._call(f"flush {name}", lambda t: self._client.flush(name, timeout=t), budget)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -315,24 +321,23 @@ class VectorStore:
         vector: Sequence[float],
         top_k: int,
         timeout_s: float | None = None,
-    ) -> list[StoredHit]:
+    ) -> list[ContextChunk]:
         """The tenant's `top_k` chunks closest to `vector`, most similar first. An unknown collection
         holds nothing: []."""
-        _check_tenant(tenant)
+        validation.tenant(tenant)
         name = _milvus_name(collection)
         query = _vector(vector, self.dimension, "vector")
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be in 1..{MAX_TOP_K}, got {top_k}")
-        timeout = self._timeout_s if timeout_s is None else timeout_s
-        if timeout <= 0:
-            raise StoreTimeout(f"no time left to search {name}")
-        if not await self._ensure(name, create=False):
+        budget = self._budget(timeout_s)
+        budget.left(f"search {name}")
+        if not await self._ensure(name, budget, create=False):
             return []
         params = {"metric_type": METRIC, "params": self._collections[name].search_params(top_k)}
         try:
             result = await self._call(
                 f"search {name}",
-                lambda: self._client.search(
+                lambda t: self._client.search(
                     name,
                     data=[query],
                     limit=top_k,
@@ -341,17 +346,17 @@ class VectorStore:
                     search_params=params,
                     # A document ingested just before must be found.
                     consistency_level="Strong",
-                    timeout=timeout,
+                    timeout=t,
                 ),
-                timeout,
+                budget,
             )
-        except StoreUnavailable as e:
+        except MilvusUnavailable as e:
             if e.milvus_code == _COLLECTION_NOT_FOUND:  # dropped behind our back
                 self._collections.pop(name, None)
                 return []
             raise
         hits = [
-            StoredHit(
+            ContextChunk(
                 document_id=str(hit["entity"]["document_id"]),
                 chunk_index=int(hit["entity"]["chunk_index"]),
                 score=float(hit["distance"]),
@@ -363,93 +368,92 @@ class VectorStore:
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
 
-    async def list_collections(self, tenant: str) -> list[tuple[str, int]]:
+    async def list_collections(self, tenant: str, timeout_s: float | None = None) -> list[tuple[str, int]]:
         """Forge collections holding chunks of this tenant, with the chunk counts, by name. The default
         collection is always listed; others only where the tenant has chunks (names are not shared
         across tenants)."""
-        _check_tenant(tenant)
+        validation.tenant(tenant)
+        budget = self._budget(timeout_s)
         names = await self._call(
-            "list collections", lambda: self._client.list_collections(timeout=self._timeout_s)
+            "list collections", lambda t: self._client.list_collections(timeout=t), budget
         )
         forge = sorted(
             n[len(COLLECTION_PREFIX) :]
             for n in names
-            if n.startswith(COLLECTION_PREFIX) and COLLECTION_NAME_RE.fullmatch(n[len(COLLECTION_PREFIX) :])
+            if n.startswith(COLLECTION_PREFIX)
+            and validation.COLLECTION_PATTERN.fullmatch(n[len(COLLECTION_PREFIX) :])
         )
 
         async def count(collection: str) -> int:
             name = _milvus_name(collection)
-            if not await self._ensure(name, create=False):
+            if not await self._ensure(name, budget, create=False):
                 return 0
-            return await self._count(name, _eq("tenant", tenant))
+            return await self._count(name, _eq("tenant", tenant), budget)
 
         counts = await asyncio.gather(*(count(c) for c in forge))
         return [(c, n) for c, n in zip(forge, counts, strict=True) if n > 0 or c == self.default_collection]
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _delete_keys(self, name: str, tenant: str, doc_keys: Sequence[str]) -> tuple[int, int]:
+    async def _delete_keys(
+        self, name: str, tenant: str, doc_keys: Sequence[str], budget: _TimeBudget
+    ) -> tuple[int, int]:
         where = f"{_eq('tenant', tenant)} and doc_key in [{', '.join(_quote(k) for k in doc_keys)}]"
         # Every stored document has a chunk 0 (a version is chunks 0..n-1 and only its tail is trimmed).
         firsts = await self._call(
             f"query {name}",
-            lambda: self._client.query(
+            lambda t: self._client.query(
                 name,
                 filter=f"{where} and chunk_index == 0",
                 output_fields=["doc_key"],
                 consistency_level="Strong",
-                timeout=self._timeout_s,
+                timeout=t,
             ),
+            budget,
         )
-        chunks = await self._count(name, where)
+        chunks = await self._count(name, where, budget)
         if chunks:
             await self._call(
                 f"delete from {name}",
-                lambda: self._client.delete(
-                    name, filter=where, consistency_level="Strong", timeout=self._timeout_s
-                ),
+                lambda t: self._client.delete(name, filter=where, consistency_level="Strong", timeout=t),
+                budget,
             )
         return len({row["doc_key"] for row in firsts}), chunks
 
-    async def _count(self, name: str, where: str) -> int:
+    async def _count(self, name: str, where: str, budget: _TimeBudget) -> int:
         rows = await self._call(
             f"count in {name}",
-            lambda: self._client.query(
-                name,
-                filter=where,
-                output_fields=["count(*)"],
-                consistency_level="Strong",
-                timeout=self._timeout_s,
+            lambda t: self._client.query(
+                name, filter=where, output_fields=["count(*)"], consistency_level="Strong", timeout=t
             ),
+            budget,
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
-    async def _ensure(self, name: str, *, create: bool) -> bool:
+    async def _ensure(self, name: str, budget: _TimeBudget, *, create: bool) -> bool:
         """True when the Milvus collection exists (created if `create`), is loaded and has our schema."""
         if name in self._collections:
             return True
-        if not create and not await self._exists(name):
+        if not create and not await self._exists(name, budget):
             return False  # not remembered: another process may create it later
         async with self._schema_lock:  # one creator per collection; later callers find it ready
             if name in self._collections:
                 return True
-            if not await self._exists(name):
+            if not await self._exists(name, budget):
                 try:
-                    await self._create(name)
-                except StoreUnavailable:
-                    if not await self._exists(name):  # else another process created it meanwhile
+                    await self._create(name, budget)
+                except IndexUnavailable:
+                    if not await self._exists(name, budget):  # else another process created it meanwhile
                         raise
-            self._collections[name] = await self._attach(name)
+            self._collections[name] = await self._attach(name, budget)
             return True
 
-    async def _exists(self, name: str) -> bool:
+    async def _exists(self, name: str, budget: _TimeBudget) -> bool:
         return bool(
-            await self._call(
-                f"check {name}", lambda: self._client.has_collection(name, timeout=self._timeout_s)
-            )
+            await self._call(f"check {name}", lambda t: self._client.has_collection(name, timeout=t), budget)
         )
 
-    async def _create(self, name: str) -> None:
+    async def _create(self, name: str, budget: _TimeBudget) -> None:
         schema = AsyncMilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=_KEY_LEN)
         schema.add_field("doc_key", DataType.VARCHAR, max_length=_KEY_LEN)
@@ -470,20 +474,17 @@ class VectorStore:
         )
         await self._call(
             f"create {name}",
-            lambda: self._client.create_collection(
-                name,
-                schema=schema,
-                index_params=index,
-                consistency_level="Strong",
-                timeout=self._timeout_s,
+            lambda t: self._client.create_collection(
+                name, schema=schema, index_params=index, consistency_level="Strong", timeout=t
             ),
+            budget,
         )
 
-    async def _attach(self, name: str) -> _Collection:
+    async def _attach(self, name: str, budget: _TimeBudget) -> _Collection:
         """Check an existing collection's schema and index, and load it (a server loads nothing by
         itself after a restart)."""
         info = await self._call(
-            f"describe {name}", lambda: self._client.describe_collection(name, timeout=self._timeout_s)
+            f"describe {name}", lambda t: self._client.describe_collection(name, timeout=t), budget
         )
         fields = {f["name"]: f for f in info["fields"]}
         missing = _REQUIRED_FIELDS - fields.keys()
@@ -501,25 +502,27 @@ class VectorStore:
             )
         names = await self._call(
             f"list indexes of {name}",
-            lambda: self._client.list_indexes(name, field_name="vector", timeout=self._timeout_s),
+            lambda t: self._client.list_indexes(name, field_name="vector", timeout=t),
+            budget,
         )
         if not names:
             raise StoreSchemaMismatch(f"{self._target}: collection {name} has no index on its vector field")
         index = await self._call(
             f"describe index of {name}",
-            lambda: self._client.describe_index(name, index_name=names[0], timeout=self._timeout_s),
+            lambda t: self._client.describe_index(name, index_name=names[0], timeout=t),
+            budget,
         )
         metric = str(index.get("metric_type", "")).upper()
         if metric != METRIC:
             raise StoreSchemaMismatch(f"{self._target}: collection {name} uses metric {metric}, not {METRIC}")
-        await self._call(f"load {name}", lambda: self._client.load_collection(name, timeout=self._timeout_s))
+        await self._call(f"load {name}", lambda t: self._client.load_collection(name, timeout=t), budget)
         return _Collection(index_type=str(index.get("index_type", "")).upper())
 
     def _rows(
         self, tenant: str, collection: str, document_id: str, chunks: Sequence[ChunkRecord]
     ) -> list[dict[str, Any]]:
         """Milvus rows for a document, after checking everything a server would reject."""
-        _check_document_id(document_id, "document_id")
+        validation.stored_document_id(document_id, "document_id")
         indexes = sorted(c.chunk_index for c in chunks)
         if indexes != list(range(len(chunks))):
             # The stale-tail delete relies on a version being exactly chunks 0..n-1.
@@ -532,12 +535,13 @@ class VectorStore:
                 raise InvalidArgument(
                     f"{where}.document_id", f"is {chunk.document_id!r}, not {document_id!r}"
                 )
-            if _utf8_len(chunk.text, f"{where}.text") > MAX_TEXT_BYTES:
+            if validation.utf8_length(chunk.text, f"{where}.text") > MAX_TEXT_BYTES:
                 raise InvalidArgument(f"{where}.text", f"longer than {MAX_TEXT_BYTES} bytes (UTF-8)")
             metadata = dict(chunk.metadata)
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
                 raise InvalidArgument(f"{where}.metadata", "keys and values must be strings")
-            if _utf8_len(json.dumps(metadata, ensure_ascii=False), f"{where}.metadata") > MAX_METADATA_BYTES:
+            as_json = json.dumps(metadata, ensure_ascii=False)
+            if validation.utf8_length(as_json, f"{where}.metadata") > MAX_METADATA_BYTES:
                 raise InvalidArgument(f"{where}.metadata", f"larger than {MAX_METADATA_BYTES} bytes as JSON")
             rows.append(
                 {
@@ -578,30 +582,32 @@ class VectorStore:
                 if entry.users == 0:
                     del self._doc_locks[key]
 
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]], timeout_s: float | None = None) -> T:
-        """Run one Milvus call; its failures become StoreUnavailable / StoreTimeout."""
+    async def _call(self, what: str, op: Callable[[float], Awaitable[T]], budget: _TimeBudget) -> T:
+        """Run one Milvus call with what is left of `budget`; its failures become MilvusUnavailable,
+        running out of time IndexTimeout."""
         if self._closed:
-            raise StoreUnavailable(f"{what}: the store is closed")
-        timeout = self._timeout_s if timeout_s is None else timeout_s
+            raise MilvusUnavailable(f"{what}: the store is closed")
+        timeout = budget.left(what)
         try:
+            # pymilvus enforces `timeout`; the backstop only bounds a call that ignores it.
             async with asyncio.timeout(timeout + _BACKSTOP_S):
-                return await op()
+                return await op(timeout)
         except TimeoutError as e:
-            raise StoreTimeout(f"{what} on {self._target}: no answer within {timeout:g}s") from e
+            raise IndexTimeout(f"{what} on {self._target}: no answer within {timeout:.2f}s") from e
         except _PROGRAMMING_ERRORS:
             raise
         except MilvusException as e:
             message = f"{what} on {self._target} failed: {e.message}"
-            if "timeout" in e.message.lower():
-                raise StoreTimeout(message, e.code) from e
-            raise StoreUnavailable(message, e.code) from e
+            if "timeout" in e.message.lower() or "deadline" in e.message.lower():
+                raise IndexTimeout(message) from e
+            raise MilvusUnavailable(message, e.code) from e
         except grpc.aio.AioRpcError as e:
             message = f"{what} on {self._target} failed: {e.code().name} {e.details() or ''}".rstrip()
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise StoreTimeout(message) from e
-            raise StoreUnavailable(message) from e
+                raise IndexTimeout(message) from e
+            raise MilvusUnavailable(message) from e
         except (grpc.RpcError, OSError) as e:
-            raise StoreUnavailable(f"{what} on {self._target} failed: {e!r}") from e
+            raise MilvusUnavailable(f"{what} on {self._target} failed: {e!r}") from e
 
 
 def _lite_path(uri: str) -> str | None:
@@ -612,32 +618,7 @@ def _lite_path(uri: str) -> str | None:
 
 
 def _milvus_name(collection: str) -> str:
-    _check_collection(collection)
-    return COLLECTION_PREFIX + collection
-
-
-def _check_collection(collection: str) -> None:
-    if not COLLECTION_NAME_RE.fullmatch(collection):
-        raise InvalidArgument("collection", f"must match {COLLECTION_NAME_RE.pattern}, got {collection!r}")
-
-
-def _check_tenant(tenant: str) -> None:
-    if not TENANT_RE.fullmatch(tenant):
-        raise InvalidArgument("tenant", f"must match {TENANT_RE.pattern}, got {tenant!r}")
-
-
-def _check_document_id(document_id: str, field: str) -> None:
-    if not isinstance(document_id, str) or not document_id:
-        raise InvalidArgument(field, "must be a non-empty string")
-    if _utf8_len(document_id, field) > MAX_DOCUMENT_ID_BYTES:
-        raise InvalidArgument(field, f"longer than {MAX_DOCUMENT_ID_BYTES} bytes (UTF-8)")
-
-
-def _utf8_len(value: str, field: str) -> int:
-    try:
-        return len(value.encode())
-    except UnicodeEncodeError as e:  # a lone surrogate: Milvus would reject the whole request
-        raise InvalidArgument(field, "is not valid Unicode") from e
+    return COLLECTION_PREFIX + validation.collection(collection)
 
 
 def _vector(values: Sequence[float], dimension: int, field: str) -> list[float]:

@@ -1,0 +1,80 @@
+"""gRPC channel arguments for every Forge server and client, so that long, quiet streams live.
+
+A Chat stream or a Generate can send nothing for a long while (a long prefill, a judge waiting on
+the LLM, an ingest flush). Clients ping such connections so that a dead peer, or a NAT or load
+balancer that dropped the flow, is noticed in seconds rather than at the TCP timeout (~15 min).
+Servers must accept those pings: by default gRPC core allows one ping per 5 minutes without data
+and answers more with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", which fails every call on the
+connection.
+
+The server's floor is `grpc.http2.min_ping_interval_without_data_ms` (gRPC core's
+GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS). vLLM's gRPC server passes
+"grpc.http2.min_recv_ping_interval_without_data_ms" instead, a key gRPC core ignores, so the
+5-minute default stays; tests/unit/test_channels.py shows the difference on a real connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from grpc import aio
+
+ChannelOptions = tuple[tuple[str, int], ...]
+
+# Generous but bounded: an oversized message is refused by the transport, not by a crash.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Clients ping a connection that has been quiet this long: well under the idle timeouts of common
+# proxies, NATs and load balancers (60 s and up), rare enough to cost nothing.
+KEEPALIVE_TIME_MS = 30_000
+# A ping not acknowledged within this means the peer or the path is gone: the connection closes
+# and its calls fail with UNAVAILABLE instead of hanging.
+KEEPALIVE_TIMEOUT_MS = 10_000
+# Servers take a ping without data this often. It must not exceed any client's KEEPALIVE_TIME_MS
+# (a faster ping is a strike; the third gets GOAWAY): a third of ours leaves room for clients
+# tuned lower, and it is the 10 s vLLM's gRPC server means to allow.
+MIN_PING_INTERVAL_MS = 10_000
+
+_MESSAGE_LIMITS: ChannelOptions = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+
+SERVER_OPTIONS: ChannelOptions = (
+    *_MESSAGE_LIMITS,
+    # Servers ping too: a client that vanished mid-stream (its Chat holding an admission slot, its
+    # Generate a KV cache) is dropped after KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS.
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Pings on a connection with no call in flight (a client's pooled channel) are fine; without
+    # this their floor is 2 hours.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    # Keep pinging through a stream that sends nothing (the default stops after 2 pings).
+    ("grpc.http2.max_pings_without_data", 0),
+    # Fail to bind a port another process holds instead of silently sharing it.
+    ("grpc.so_reuseport", 0),
+)
+
+CLIENT_OPTIONS: ChannelOptions = (
+    *_MESSAGE_LIMITS,
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Channels kept open between calls (the router's to its dependencies, the judge's to the
+    # LLM) find a dead peer before the next call does.
+    ("grpc.keepalive_permit_without_calls", 1),
+    # A call waiting on a long prefill receives no data; the default stops pinging after 2 pings.
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def insecure_channel(
+    address: str, interceptors: Sequence[aio.ClientInterceptor] | None = None
+) -> aio.Channel:
+    """An asyncio channel to a Forge service (plaintext: loopback or the appliance's own network)."""
+    return aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=interceptors)
+
+
+def insecure_blocking_channel(address: str) -> grpc.Channel:
+    """The same for synchronous callers (`forge ingest`/`ask`, the guardrails judge's threads)."""
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)

@@ -1,0 +1,1 @@
+"""Outbound adapters: the LLM, embeddings and guardrails services over gRPC, and Milvus."""
