@@ -33,8 +33,9 @@ class RouterSettings(BaseSettings):
     # FLAT is exact and the only sensible choice in Lite; a server can use AUTOINDEX or HNSW.
     milvus_index_type: str = "FLAT"
     # Each call of an ingest, delete or listing (embedding a batch, a Milvus write) made without a
-    # caller deadline is still bounded by this; with one, it gets what is left of it.
-    call_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # caller deadline is still bounded by this; with one, it gets what is left of it. Generous: a
+    # batch of 64 chunks queued behind others on a busy 2-core CPU takes tens of seconds.
+    call_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     default_collection: str = "default"
     # Vector size of the embeddings model; checked against the embed service at start when it answers.
     embedding_dimension: Annotated[int, Field(ge=1)] = 384
@@ -76,5 +77,6 @@ class RouterSettings(BaseSettings):
     max_document_chars: Annotated[int, Field(ge=1)] = 2_000_000
     max_document_id_chars: Annotated[int, Field(ge=1, le=512)] = 256
     embed_batch_size: Annotated[int, Field(ge=1, le=256)] = 64
-    # The embed service batches across requests too; a few batches in flight keep it busy.
-    embed_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    # The embed service batches across requests too: two batches in flight keep it busy (one
+    # computing, one queued) without a batch's wait eating its timeout.
+    embed_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2

@@ -15,8 +15,9 @@ from services.router.chunking import Chunker, ChunkingConfig
 from services.router.deadline import Deadline
 from services.router.documents import Documents
 from services.router.ingest import DocumentInput, Ingestor
-from services.router.ports import ChunkRecord, ContextChunk, IndexTimeout, IndexUnavailable
+from services.router.ports import IndexTimeout, IndexUnavailable
 from services.router.settings import RouterSettings
+from tests.unit.fake_index import FakeIndex
 
 
 @dataclass
@@ -31,53 +32,6 @@ class FakeEmbeddings:
         return [[float(len(t)), 1.0] for t in texts]
 
 
-@dataclass
-class RecordingIndex:
-    """A `VectorIndex` that keeps documents whole, as the real one promises."""
-
-    documents: dict[tuple[str, str, str], list[ChunkRecord]] = field(default_factory=dict)
-    failure: Exception | None = None
-    timeouts: list[float] = field(default_factory=list)
-    flushed: list[str] = field(default_factory=list)
-
-    def _fail(self, timeout_s: float) -> None:
-        self.timeouts.append(timeout_s)
-        if self.failure is not None:
-            raise self.failure
-
-    async def search(
-        self, tenant: str, collection: str, vector: Sequence[float], top_k: int, timeout_s: float
-    ) -> list[ContextChunk]:
-        raise NotImplementedError
-
-    async def replace_document(
-        self,
-        tenant: str,
-        collection: str,
-        document_id: str,
-        chunks: Sequence[ChunkRecord],
-        timeout_s: float,
-    ) -> int:
-        self._fail(timeout_s)
-        self.documents[(tenant, collection, document_id)] = list(chunks)
-        return len(chunks)
-
-    async def delete_documents(
-        self, tenant: str, collection: str, document_ids: Sequence[str], timeout_s: float
-    ) -> tuple[int, int]:
-        self._fail(timeout_s)
-        gone = [self.documents.pop((tenant, collection, d), None) for d in document_ids]
-        return sum(g is not None for g in gone), sum(len(g) for g in gone if g is not None)
-
-    async def list_collections(self, tenant: str, timeout_s: float) -> list[tuple[str, int]]:
-        self._fail(timeout_s)
-        return sorted({(c, 0) for t, c, _ in self.documents if t == tenant})
-
-    async def flush(self, collection: str, timeout_s: float) -> None:
-        self._fail(timeout_s)
-        self.flushed.append(collection)
-
-
 @pytest.fixture(scope="module")
 def chunker() -> Chunker:
     return Chunker(ChunkingConfig(max_tokens=32, overlap_tokens=4))
@@ -89,14 +43,12 @@ LONG_TEXT = "\n\n".join(
 )
 
 
-def ingestor(
-    chunker: Chunker, embeddings: FakeEmbeddings, index: RecordingIndex, **settings: object
-) -> Ingestor:
+def ingestor(chunker: Chunker, embeddings: FakeEmbeddings, index: FakeIndex, **settings: object) -> Ingestor:
     return Ingestor(RouterSettings.model_validate(settings), chunker, embeddings, index)
 
 
 async def test_a_document_is_chunked_embedded_in_batches_and_written_once(chunker: Chunker) -> None:
-    embeddings, index = FakeEmbeddings(), RecordingIndex()
+    embeddings, index = FakeEmbeddings(), FakeIndex()
     stored = await ingestor(chunker, embeddings, index, embed_batch_size=4).ingest(
         "acme", "", DocumentInput("guide.md", LONG_TEXT, {"source": "wiki"}), Deadline(None)
     )
@@ -106,11 +58,11 @@ async def test_a_document_is_chunked_embedded_in_batches_and_written_once(chunke
     assert all(b <= 4 for b in embeddings.batches) and sum(embeddings.batches) == len(records)
     assert all(r.vector == [float(len(r.text)), 1.0] for r in records), "each chunk keeps its own vector"
     assert all(r.metadata == {"source": "wiki"} for r in records)
-    assert index.timeouts == [30.0], "no caller deadline: the configured bound"
+    assert index.timeouts == [RouterSettings().call_timeout_s], "no caller deadline: the configured bound"
 
 
 async def test_each_write_gets_what_is_left_of_the_callers_deadline(chunker: Chunker) -> None:
-    index = RecordingIndex()
+    index = FakeIndex()
     await ingestor(chunker, FakeEmbeddings(), index).ingest(
         "acme", "", DocumentInput("a.txt", "Short text.", {}), Deadline(2.0)
     )
@@ -131,7 +83,7 @@ async def test_each_write_gets_what_is_left_of_the_callers_deadline(chunker: Chu
 async def test_bad_documents_are_refused_before_any_call(
     chunker: Chunker, document: DocumentInput, field: str
 ) -> None:
-    embeddings, index = FakeEmbeddings(), RecordingIndex()
+    embeddings, index = FakeEmbeddings(), FakeIndex()
     with pytest.raises(InvalidArgument) as err:
         await ingestor(chunker, embeddings, index, max_document_chars=100).ingest(
             "acme", "", document, Deadline(None)
@@ -141,7 +93,7 @@ async def test_bad_documents_are_refused_before_any_call(
 
 
 async def test_a_failed_dependency_writes_nothing_and_keeps_its_own_error(chunker: Chunker) -> None:
-    index = RecordingIndex()
+    index = FakeIndex()
     doc = DocumentInput("a.txt", LONG_TEXT, {})
     with pytest.raises(Unavailable, match=r"^embed unavailable: connection refused$"):
         await ingestor(chunker, FakeEmbeddings(down=True), index).ingest("acme", "", doc, Deadline(None))
@@ -155,13 +107,13 @@ async def test_a_failed_dependency_writes_nothing_and_keeps_its_own_error(chunke
 
 
 async def test_flush_covers_every_collection_touched(chunker: Chunker) -> None:
-    index = RecordingIndex()
+    index = FakeIndex()
     await ingestor(chunker, FakeEmbeddings(), index).flush({"b", "a"}, Deadline(None))
     assert index.flushed == ["a", "b"]
 
 
 async def test_documents_are_deleted_and_listed_per_tenant(chunker: Chunker) -> None:
-    index = RecordingIndex()
+    index = FakeIndex()
     ing = ingestor(chunker, FakeEmbeddings(), index)
     await asyncio.gather(
         *(
@@ -180,7 +132,7 @@ async def test_documents_are_deleted_and_listed_per_tenant(chunker: Chunker) -> 
     [([], "", "document_ids"), (["ok", " "], "", "document_ids[1]"), (["ok"], "no-dashes", "collection")],
 )
 async def test_bad_delete_requests_name_the_field(ids: list[str], collection: str, field: str) -> None:
-    index = RecordingIndex()
+    index = FakeIndex()
     with pytest.raises(InvalidArgument) as err:
         await Documents(RouterSettings(), index).delete("acme", collection, ids, Deadline(None))
     assert err.value.field == field and index.timeouts == []

@@ -18,7 +18,6 @@ from services.router.ports import (
     ChatDelta,
     ChatEnd,
     ChatInput,
-    ChunkRecord,
     ContextChunk,
     Decision,
     FinishReason,
@@ -37,6 +36,7 @@ from services.router.retrieval import Retriever
 from services.router.search import Searcher
 from services.router.settings import RouterSettings
 from services.router.stages import Rails, StageRunner
+from tests.unit.fake_index import FakeIndex
 
 ALLOW = RailVerdict(Decision.ALLOW, (), "")
 
@@ -70,44 +70,6 @@ class FakeEmbeddings:
         if self.down:
             raise Unavailable("embed", "connection refused")
         return [[1.0, 0.0] for _ in texts]
-
-
-@dataclass
-class FakeIndex:
-    """A `VectorIndex` holding fixed hits; `failure` makes every call raise it."""
-
-    hits: list[ContextChunk] = field(default_factory=list)
-    failure: Exception | None = None
-    timeouts: list[float] = field(default_factory=list)
-
-    async def search(
-        self, tenant: str, collection: str, vector: Sequence[float], top_k: int, timeout_s: float
-    ) -> list[ContextChunk]:
-        self.timeouts.append(timeout_s)
-        if self.failure is not None:
-            raise self.failure
-        return self.hits[:top_k]
-
-    async def replace_document(
-        self,
-        tenant: str,
-        collection: str,
-        document_id: str,
-        chunks: Sequence[ChunkRecord],
-        timeout_s: float,
-    ) -> int:
-        raise NotImplementedError
-
-    async def delete_documents(
-        self, tenant: str, collection: str, document_ids: Sequence[str], timeout_s: float
-    ) -> tuple[int, int]:
-        raise NotImplementedError
-
-    async def list_collections(self, tenant: str, timeout_s: float) -> list[tuple[str, int]]:
-        raise NotImplementedError
-
-    async def flush(self, collection: str, timeout_s: float) -> None:
-        raise NotImplementedError
 
 
 @dataclass
