@@ -31,9 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import psutil  # noqa: E402
 from forge.v1 import llm_pb2, llm_pb2_grpc  # noqa: E402
-from grpc import aio  # noqa: E402
 
 from services.cli.supervisor import wait_serving  # noqa: E402
+from services.common.channels import insecure_channel  # noqa: E402
 
 # Model and guardrail heads already prepared by the test suite.
 DEFAULT_HOME = REPO_ROOT / ".cache" / "forge-test-home"
@@ -215,7 +215,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 async def model_line(llm_address: str) -> str:
     """One line of environment: cores, model and engine, Python."""
-    async with aio.insecure_channel(llm_address) as channel:
+    async with insecure_channel(llm_address) as channel:
         info = await llm_pb2_grpc.LlmServiceStub(channel).GetModelInfo(
             llm_pb2.GetModelInfoRequest(), timeout=10
         )

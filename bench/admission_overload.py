@@ -38,6 +38,7 @@ from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_l
 from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
 from grpc import aio
 
+from services.common.channels import insecure_channel
 from services.common.status import retry_details
 
 TENANT = "bench"
@@ -303,7 +304,7 @@ async def main() -> int:
             for service in (guardrails, router, llm):
                 await mesh.ready(service)
             print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            async with aio.insecure_channel(router.address) as channel:
+            async with insecure_channel(router.address) as channel:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 admin = router_pb2_grpc.AdminServiceStub(channel)
                 origin = time.perf_counter()

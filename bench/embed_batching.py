@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from forge.v1 import embed_pb2, embed_pb2_grpc  # noqa: E402
-from grpc import aio  # noqa: E402
+
+from services.common.channels import insecure_channel  # noqa: E402
 
 TARGET_AT_32 = 0.7
 SUBJECTS = ["The appliance", "A Jetson Thor", "The router", "Milvus", "The guardrails service", "An operator"]
@@ -96,7 +97,7 @@ def offline_rate(texts: list[str], rounds: int) -> float:
 
 async def served_rate(address: str, texts: list[str], clients: int, rounds: int) -> tuple[float, float]:
     """Sentences/s and p50 latency (ms) with `clients` callers each sending one text per call."""
-    async with aio.insecure_channel(address) as channel:
+    async with insecure_channel(address) as channel:
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         await stub.Embed(embed_pb2.EmbedRequest(texts=texts[:4]))  # warm-up
         rates, latencies = [], []

@@ -23,12 +23,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc  # noqa: E402
-from grpc import aio  # noqa: E402
 
+from services.common.channels import insecure_channel  # noqa: E402
 from services.common.config import load_profile  # noqa: E402
 from services.common.server import ForgeServer, ServerOptions  # noqa: E402
 from services.llm.app import LlmApp  # noqa: E402
-from services.llm.engine import GenerationRequest, LlmEngine, Sampling  # noqa: E402
+from services.llm.engine import GenerationRequest, Sampling  # noqa: E402
 from services.llm.settings import LlmSettings  # noqa: E402
 
 TOPICS = [
@@ -87,7 +87,8 @@ async def main() -> int:
     server = ForgeServer(app, profile, ServerOptions(port=0))
     await server.start()
     await server.load_and_serve()
-    engine: LlmEngine = app.core.engine  # type: ignore[assignment]
+    engine = app.core.engine
+    assert engine is not None, "load_and_serve() attaches the engine"
 
     async def in_process(prompt: str) -> AsyncIterator[int]:
         ids = engine.tokenize_chat([("user", prompt)])
@@ -97,7 +98,7 @@ async def main() -> int:
         async for chunk in engine.generate(request):
             yield chunk.completion_tokens
 
-    channel = aio.insecure_channel(server.address)
+    channel = insecure_channel(server.address)
     stub = llm_pb2_grpc.LlmServiceStub(channel)
 
     async def served(prompt: str) -> AsyncIterator[int]:

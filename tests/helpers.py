@@ -15,11 +15,17 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+from unittest import mock
+
+from grpc import aio
 
 from services.common.config import load_profile
 from services.common.server import ForgeServer, ServerOptions, ServiceApp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+App = TypeVar("App")
 
 
 def free_port() -> int:
@@ -158,3 +164,22 @@ async def serving(app: ServiceApp, metrics: bool = False) -> AsyncIterator[Forge
         yield server
     finally:
         await server.stop()
+
+
+def app_of(server: ForgeServer, kind: type[App]) -> App:
+    """The server's app as the service it is (the kit knows it only as a ServiceApp)."""
+    app = server.app
+    assert isinstance(app, kind), f"{server.app.name} is a {type(app).__name__}, not a {kind.__name__}"
+    return app
+
+
+def metrics_url(server: ForgeServer) -> str:
+    assert server.metrics is not None, "started without a /metrics endpoint (serving(metrics=True))"
+    return f"http://127.0.0.1:{server.metrics.port}/metrics"
+
+
+def servicer_context() -> aio.ServicerContext[object, object]:
+    """A stand-in context for calling a servicer method directly, not over gRPC: it records what
+    the method does with it (abort, metadata) instead of doing it."""
+    context: aio.ServicerContext[object, object] = mock.create_autospec(aio.ServicerContext, instance=True)
+    return context

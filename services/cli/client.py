@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 from forge.v1 import common_pb2, router_pb2, router_pb2_grpc
 
+from services.common.channels import insecure_blocking_channel
+
 TENANT_HEADER = "x-forge-tenant"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 
@@ -70,7 +72,7 @@ def ingest(
             )
 
     documents = chunks = 0
-    with grpc.insecure_channel(address) as channel:
+    with insecure_blocking_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
             for reply in stub.Ingest(requests(), metadata=((TENANT_HEADER, tenant),), timeout=timeout_s):
@@ -100,7 +102,7 @@ def ask(
         params=params,
     )
     summary = router_pb2.ChatSummary()
-    with grpc.insecure_channel(address) as channel:
+    with insecure_blocking_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
             for reply in stub.Chat(request, metadata=((TENANT_HEADER, tenant),), timeout=timeout_s):

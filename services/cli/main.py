@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
+from services.common import entrypoint
 from services.common.config import ConfigError, SkuProfile, load_profile, load_profiles
-from services.common.server import ServerOptions, ServiceApp, configure_logging, run_service
+from services.common.server import configure_logging
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
 
 # Services `forge up` starts (all at once; each is health-gated on its own).
@@ -64,7 +65,7 @@ def _serve_options(service: str) -> Callable[[F], F]:
             "--grace",
             "grace_s",
             type=float,
-            default=10.0,
+            default=entrypoint.DEFAULT_GRACE_S,
             show_default=True,
             help="Seconds in-flight calls get to finish on SIGTERM.",
         )(f)
@@ -88,25 +89,21 @@ def _serve_options(service: str) -> Callable[[F], F]:
     return decorate
 
 
-def _server_options(host: str, port: int, metrics_port: int, grace_s: float) -> ServerOptions:
-    return ServerOptions(
-        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
-    )
-
-
 def _serve(
     settings: ForgeSettings,
-    build: Callable[[SkuProfile, Path], ServiceApp],
-    configuration: str,
-    options: ServerOptions,
+    entry: entrypoint.ServiceEntry,
+    host: str,
+    port: int,
+    metrics_port: int,
+    grace_s: float,
 ) -> None:
-    """Build one service from the profile and its settings, then serve it until SIGTERM."""
-    profile = _profile_or_exit(settings.profile)
+    """Serve one service in this process until SIGTERM, as `python -m services.<name>` does."""
+    options = entrypoint.server_options(host, port, metrics_port, grace_s)
     try:
-        app = build(profile, settings.home_dir())
-    except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
-        raise click.ClickException(f"invalid {configuration}:\n{exc}") from exc
-    sys.exit(asyncio.run(run_service(app, profile, options)))
+        code = entrypoint.serve(entry, settings, options)
+    except entrypoint.ServeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 @cli.group()
@@ -119,15 +116,9 @@ def serve() -> None:
 @click.pass_obj
 def serve_embed(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
     """Embeddings (sentence-transformers, micro-batched). Env FORGE_EMBED_* tunes it."""
-    from services.embed.app import EmbedApp
-    from services.embed.settings import EmbedSettings
+    from services.embed.__main__ import SERVICE
 
-    _serve(
-        settings,
-        lambda profile, home: EmbedApp(profile, EmbedSettings()),
-        "FORGE_EMBED_* settings",
-        _server_options(host, port, metrics_port, grace_s),
-    )
+    _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
 
 @serve.command("guardrails")
@@ -137,15 +128,9 @@ def serve_guardrails(
     settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float
 ) -> None:
     """Guardrails (input, retrieval and output rails). Env FORGE_GUARDRAILS_* tunes it."""
-    from services.guardrails.app import GuardrailsApp
-    from services.guardrails.settings import GuardrailsSettings
+    from services.guardrails.__main__ import SERVICE
 
-    _serve(
-        settings,
-        lambda profile, home: GuardrailsApp(profile, home, GuardrailsSettings()),
-        "FORGE_GUARDRAILS_* settings or guardrails policy",
-        _server_options(host, port, metrics_port, grace_s),
-    )
+    _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
 
 @cli.group()
@@ -179,15 +164,9 @@ def guardrails_train(settings: ForgeSettings) -> None:
 @click.pass_obj
 def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
     """LLM inference (vLLM or llama.cpp engine, streamed tokens). Env FORGE_LLM_* tunes it."""
-    from services.llm.app import LlmApp
-    from services.llm.settings import LlmSettings
+    from services.llm.__main__ import SERVICE
 
-    _serve(
-        settings,
-        lambda profile, home: LlmApp(profile, home, LlmSettings()),
-        "FORGE_LLM_* settings",
-        _server_options(host, port, metrics_port, grace_s),
-    )
+    _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
 
 @serve.command("router")
@@ -196,15 +175,9 @@ def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, 
 def serve_router(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
     """Router: admission control and RAG over Milvus (Milvus Lite under FORGE_HOME by default).
     Env FORGE_ROUTER_* tunes it (downstream addresses, Milvus URI, retrieval and rail policy)."""
-    from services.router.app import RouterApp
-    from services.router.settings import RouterSettings
+    from services.router.__main__ import SERVICE
 
-    _serve(
-        settings,
-        lambda profile, home: RouterApp(profile, home, RouterSettings()),
-        "FORGE_ROUTER_* settings",
-        _server_options(host, port, metrics_port, grace_s),
-    )
+    _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
 
 def _client_options(f: F) -> F:

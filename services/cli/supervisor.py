@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.channels import insecure_channel
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
@@ -68,7 +70,7 @@ class Child:
 
 async def wait_serving(address: str, timeout_s: float) -> None:
     """Block until the server at `address` reports SERVING through grpc.health.v1 Watch."""
-    async with aio.insecure_channel(address) as channel:
+    async with insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -30,9 +30,9 @@ KEEPALIVE_TIME_MS = 30_000
 # A ping not acknowledged within this means the peer or the path is gone: the connection closes
 # and its calls fail with UNAVAILABLE instead of hanging.
 KEEPALIVE_TIMEOUT_MS = 10_000
-# Servers take a ping without data this often. It must not exceed any client's KEEPALIVE_TIME_MS
-# (a faster ping is a strike; the third gets GOAWAY): a third of ours leaves room for clients
-# tuned lower, and it is the 10 s vLLM's gRPC server means to allow.
+# The shortest gap between two pings without data that servers accept. It must not exceed any
+# client's KEEPALIVE_TIME_MS (a ping sooner is a strike; the third strike gets GOAWAY): a third of
+# ours leaves room for clients tuned lower, and it is the 10 s vLLM's gRPC server means to set.
 MIN_PING_INTERVAL_MS = 10_000
 
 _MESSAGE_LIMITS: ChannelOptions = (

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
 from services.common import telemetry
+from services.common.channels import SERVER_OPTIONS, ChannelOptions
 from services.common.config import SkuProfile
 from services.common.gpu import OVER_SLICE, read_gpu_snapshot, slice_usage
 from services.common.gpu_metrics import GpuMemoryCollector
@@ -36,8 +37,6 @@ from services.common.ops import OpsServicer
 log = logging.getLogger(__name__)
 
 OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
-# Generous but bounded: large gRPC messages are refused by the transport, not by a crash.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class ServiceApp(Protocol):
@@ -74,6 +73,8 @@ class ServerOptions:
     # How often the process checks its GPU use against its slice (logging over-slice transitions
     # even when nothing scrapes /metrics); None: never. Without a GPU the watch ends at once.
     gpu_watch_interval_s: float | None = 15.0
+    # gRPC channel arguments (keepalive, message limits); tests shorten the ping intervals.
+    channel_args: ChannelOptions = SERVER_OPTIONS
 
 
 def forge_version() -> str:
@@ -119,11 +120,7 @@ class ForgeServer:
                 self._drain,
                 ErrorMappingInterceptor(),
             ],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=self.options.channel_args,
         )
         self.app.register(server)
         bind_health = getattr(self.app, "bind_health", None)

@@ -1,8 +1,20 @@
-"""`python -m services.embed` = `forge serve embed`."""
+"""`python -m services.embed` = `forge serve embed`: settings -> app -> server (what `forge up` starts)."""
 
-import sys
+from __future__ import annotations
 
-from services.cli.main import main
+from pathlib import Path
+
+from services.common.config import SkuProfile
+from services.common.entrypoint import ServiceEntry, serve_main
+from services.embed.app import EmbedApp
+from services.embed.settings import EmbedSettings
+
+
+def build(profile: SkuProfile, home: Path) -> EmbedApp:
+    return EmbedApp(profile, EmbedSettings())
+
+
+SERVICE = ServiceEntry("embed", build, "FORGE_EMBED_* settings")
 
 if __name__ == "__main__":
-    main(["serve", "embed", *sys.argv[1:]])
+    serve_main(SERVICE)

@@ -9,9 +9,10 @@ from forge.v1 import embed_pb2, embed_pb2_grpc
 from grpc import aio
 
 from services.common.config import SkuProfile
+from services.common.encoder import SentenceEncoder
 from services.common.isolation import torch_memory_cap
+from services.common.torch_device import apply_gpu_slice, choose_device
 from services.embed.core import Embedder
-from services.embed.model import SentenceEncoder, apply_gpu_slice, choose_device
 from services.embed.servicer import EmbedServicer
 from services.embed.settings import EmbedSettings
 
@@ -36,7 +37,7 @@ class EmbedApp:
 
     async def load(self) -> None:
         slice_fraction = self.profile.slices.of(self.name)
-        self._device = await asyncio.to_thread(choose_device, self.settings.device, slice_fraction)
+        self._device = await asyncio.to_thread(choose_device, self.name, self.settings.device, slice_fraction)
         # Isolation none: no cap of our own (the operator accepted the risk).
         if (cap := torch_memory_cap(self.profile, self.name)) is not None:
             await asyncio.to_thread(apply_gpu_slice, self._device, cap)

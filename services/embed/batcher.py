@@ -15,14 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
+from services.common.encoder import Vectors
 from services.common.errors import ResourceExhausted, Unavailable
 from services.embed import metrics
 
 K = TypeVar("K", bound=Hashable)
-Vectors = npt.NDArray[np.float32]
 RunBatch = Callable[[K, list[str]], Vectors]
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from opentelemetry import trace
 
+from services.common.encoder import EmbedKind, SentenceEncoder, Vectors, l2_normalize
 from services.common.errors import InvalidArgument, Unavailable
 from services.embed import metrics
-from services.embed.batcher import BatchTiming, MicroBatcher, Vectors
-from services.embed.model import EmbedKind, SentenceEncoder
+from services.embed.batcher import BatchTiming, MicroBatcher
 from services.embed.settings import EmbedSettings
 
 tracer = trace.get_tracer("forge.embed")
@@ -41,12 +40,6 @@ def validate_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
             raise InvalidArgument(f"texts[{i}]", "must not be empty or only whitespace")
         if len(text) > max_chars:
             raise InvalidArgument(f"texts[{i}]", f"must be at most {max_chars} characters, got {len(text)}")
-
-
-def l2_normalize(vectors: Vectors) -> Vectors:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    normalized: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return normalized
 
 
 class Embedder:

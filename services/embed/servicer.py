@@ -5,9 +5,9 @@ from __future__ import annotations
 from forge.v1 import embed_pb2, embed_pb2_grpc
 from grpc import aio
 
+from services.common.encoder import EmbedKind
 from services.common.errors import InvalidArgument
 from services.embed.core import Embedder
-from services.embed.model import EmbedKind
 
 _KINDS = {
     embed_pb2.EMBED_KIND_UNSPECIFIED: EmbedKind.DOCUMENT,

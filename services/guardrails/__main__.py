@@ -1,8 +1,21 @@
-"""`python -m services.guardrails` = `forge serve guardrails`."""
+"""`python -m services.guardrails` = `forge serve guardrails`: settings -> app -> server (what
+`forge up` starts)."""
 
-import sys
+from __future__ import annotations
 
-from services.cli.main import main
+from pathlib import Path
+
+from services.common.config import SkuProfile
+from services.common.entrypoint import ServiceEntry, serve_main
+from services.guardrails.app import GuardrailsApp
+from services.guardrails.settings import GuardrailsSettings
+
+
+def build(profile: SkuProfile, home: Path) -> GuardrailsApp:
+    return GuardrailsApp(profile, home, GuardrailsSettings())
+
+
+SERVICE = ServiceEntry("guardrails", build, "FORGE_GUARDRAILS_* settings or guardrails policy")
 
 if __name__ == "__main__":
-    main(["serve", "guardrails", *sys.argv[1:]])
+    serve_main(SERVICE)

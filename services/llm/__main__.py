@@ -1,8 +1,20 @@
-"""`python -m services.llm` = `forge serve llm`."""
+"""`python -m services.llm` = `forge serve llm`: settings -> app -> server (what `forge up` starts)."""
 
-import sys
+from __future__ import annotations
 
-from services.cli.main import main
+from pathlib import Path
+
+from services.common.config import SkuProfile
+from services.common.entrypoint import ServiceEntry, serve_main
+from services.llm.app import LlmApp
+from services.llm.settings import LlmSettings
+
+
+def build(profile: SkuProfile, home: Path) -> LlmApp:
+    return LlmApp(profile, home, LlmSettings())
+
+
+SERVICE = ServiceEntry("llm", build, "FORGE_LLM_* settings")
 
 if __name__ == "__main__":
-    main(["serve", "llm", *sys.argv[1:]])
+    serve_main(SERVICE)

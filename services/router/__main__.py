@@ -1,8 +1,21 @@
-"""`python -m services.router` = `forge serve router`."""
+"""`python -m services.router` = `forge serve router`: settings -> app -> server (what `forge up`
+starts)."""
 
-import sys
+from __future__ import annotations
 
-from services.cli.main import main
+from pathlib import Path
+
+from services.common.config import SkuProfile
+from services.common.entrypoint import ServiceEntry, serve_main
+from services.router.app import RouterApp
+from services.router.settings import RouterSettings
+
+
+def build(profile: SkuProfile, home: Path) -> RouterApp:
+    return RouterApp(profile, home, RouterSettings())
+
+
+SERVICE = ServiceEntry("router", build, "FORGE_ROUTER_* settings")
 
 if __name__ == "__main__":
-    main(["serve", "router", *sys.argv[1:]])
+    serve_main(SERVICE)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor
+from google.protobuf.message import Message
 
 from tests.helpers import REPO_ROOT
 
@@ -88,7 +89,7 @@ def test_fixed_rpc_names_and_streaming_shapes() -> None:
 def test_design_field_names_exist() -> None:
     from forge.v1 import common_pb2, embed_pb2, guardrails_pb2, llm_pb2, router_pb2
 
-    fields = {
+    fields: dict[type[Message], set[str]] = {
         embed_pb2.EmbedRequest: {"texts", "kind", "normalize"},
         embed_pb2.EmbedResponse: {"embeddings", "dimension", "model"},
         llm_pb2.GenerateRequest: {"messages", "prompt", "params", "request_id", "priority"},

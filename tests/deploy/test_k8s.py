@@ -99,7 +99,8 @@ def test_every_rendered_object_validates_strictly_offline(rendered: dict[str, li
 def test_strict_validation_rejects_an_unknown_field() -> None:
     """The negative control: an unknown field and a wrongly typed probe port fail."""
     utils = _validator()
-    bad = {
+    container: Object = {"name": "x", "image": "x:1", "gpu": 1}
+    bad: Object = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "x"},
@@ -107,13 +108,12 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
             "selector": {"matchLabels": {"a": "b"}},
             "template": {
                 "metadata": {"labels": {"a": "b"}},
-                "spec": {"containers": [{"name": "x", "image": "x:1", "gpu": 1}]},
+                "spec": {"containers": [container]},
             },
         },
     }
     with pytest.raises(utils.ValidationError):
         utils.validate(bad, K8S_VERSIONS[-1], strict=True)
-    container = bad["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
     del container["gpu"]
     container["readinessProbe"] = {"grpc": {"port": "grpc"}}  # grpc probes take a number only
     with pytest.raises(utils.ValidationError):

@@ -27,8 +27,10 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import load_profile
-from services.router import admin
+from services.router.admission import AdmissionController
+from services.router.api import admin
 from tests.gpu.support import card, profile_for_card
+from tests.helpers import servicer_context
 
 pytestmark = pytest.mark.gpu
 
@@ -147,8 +149,11 @@ async def test_an_over_allocating_process_fails_alone(
         monkeypatch.setattr(admin, "descendant_pids", lambda pid: ())
         channels = {name: aio.insecure_channel(address) for name, address in gpu_services.items()}
         try:
-            servicer = admin.AdminServicer(profile_for_card(), None, lambda: channels)  # type: ignore[arg-type]
-            ledger = await servicer.GetGpuStats(router_pb2.AdminServiceGetGpuStatsRequest(), None)  # type: ignore[arg-type]
+            admission = AdmissionController(load_profile(profile_for_card(), environ={}).admission)
+            servicer = admin.AdminServicer(profile_for_card(), admission, lambda: channels)
+            ledger = await servicer.GetGpuStats(
+                router_pb2.AdminServiceGetGpuStatsRequest(), servicer_context()
+            )
         finally:
             for channel in channels.values():
                 await channel.close()

@@ -53,7 +53,7 @@ def finished(metrics_url: str) -> float:
     return metric_value(scrape(metrics_url), "forge_llm_requests_finished_total")
 
 
-async def chat(stub: router_pb2_grpc.RouterServiceStub, n: int) -> router_pb2.ChatSummary:
+async def chat(stub: router_pb2_grpc.RouterServiceAsyncStub, n: int) -> router_pb2.ChatSummary:
     request = router_pb2.ChatRequest(
         messages=[common_pb2.ChatMessage(role="user", content=f"Say hello to guest number {n}.")],
         params=common_pb2.SamplingParams(max_tokens=12, temperature=0.0),

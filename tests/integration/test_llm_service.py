@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -15,7 +16,9 @@ from grpc_status import rpc_status
 
 from services.common.server import ForgeServer
 from services.llm import metrics
-from tests.helpers import grpcurl, wait_until
+from services.llm.app import LlmApp
+from services.llm.core import LlmCore
+from tests.helpers import app_of, grpcurl, wait_until
 
 # Phrased so that greedy decoding says "Paris" on both engines (first-token near-ties differ).
 FRANCE = [common_pb2.ChatMessage(role="user", content="What is the capital of France? Answer in one word.")]
@@ -23,15 +26,17 @@ FRANCE = [common_pb2.ChatMessage(role="user", content="What is the capital of Fr
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 
 
-def stub(channel: aio.Channel) -> llm_pb2_grpc.LlmServiceStub:
+def stub(channel: aio.Channel) -> llm_pb2_grpc.LlmServiceAsyncStub:
     return llm_pb2_grpc.LlmServiceStub(channel)
 
 
-def greedy(max_tokens: int, **extra: object) -> common_pb2.SamplingParams:
-    return common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, **extra)  # type: ignore[arg-type]
+def greedy(max_tokens: int, stop: Sequence[str] = ()) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
 
 
-async def collect(call: aio.UnaryStreamCall) -> tuple[str, llm_pb2.GenerateResponse]:  # type: ignore[type-arg]
+async def collect(
+    call: aio.UnaryStreamCall[llm_pb2.GenerateRequest, llm_pb2.GenerateResponse],
+) -> tuple[str, llm_pb2.GenerateResponse]:
     text, last = "", llm_pb2.GenerateResponse()
     async for reply in call:
         text += reply.text
@@ -39,8 +44,13 @@ async def collect(call: aio.UnaryStreamCall) -> tuple[str, llm_pb2.GenerateRespo
     return text, last
 
 
+def core_of(server: ForgeServer) -> LlmCore:
+    return app_of(server, LlmApp).core
+
+
 def engine_idle(server: ForgeServer) -> bool:
-    core = server.app.core  # type: ignore[attr-defined]
+    core = core_of(server)
+    assert core.engine is not None, "served before its engine was loaded"
     stats = core.engine.stats()
     return bool(core.active == 0 and stats.running == 0 and stats.waiting == 0)
 
@@ -121,12 +131,12 @@ async def test_deadline_mid_stream_is_deadline_exceeded_and_aborts(
 async def test_over_capacity_is_resource_exhausted_with_retry_info(
     any_llm_server: ForgeServer, any_llm_channel: aio.Channel
 ) -> None:
-    capacity = any_llm_server.app.core.capacity  # type: ignore[attr-defined]
+    core = core_of(any_llm_server)
+    capacity = core.capacity
     calls = [
         stub(any_llm_channel).Generate(llm_pb2.GenerateRequest(prompt=COUNTING, params=greedy(1500)))
         for _ in range(capacity)
     ]
-    core = any_llm_server.app.core  # type: ignore[attr-defined]
     await wait_until(lambda: core.active == capacity, 60, "every slot to be taken")
     with pytest.raises(aio.AioRpcError) as refused:
         await collect(stub(any_llm_channel).Generate(llm_pb2.GenerateRequest(prompt="hi", params=greedy(4))))
@@ -151,57 +161,73 @@ LONG = "word " * 3000
 
 
 @pytest.mark.parametrize(
-    ("request_fields", "field", "message"),
+    ("bad_request", "field", "message"),
     [
-        ({}, "messages", "set messages (chat) or prompt (raw text); both are empty"),
-        ({"messages": FRANCE, "prompt": "x"}, "prompt", "set either messages or prompt, not both"),
+        (llm_pb2.GenerateRequest(), "messages", "set messages (chat) or prompt (raw text); both are empty"),
         (
-            {"messages": [common_pb2.ChatMessage(role="wizard", content="hi")]},
+            llm_pb2.GenerateRequest(messages=FRANCE, prompt="x"),
+            "prompt",
+            "set either messages or prompt, not both",
+        ),
+        (
+            llm_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="wizard", content="hi")]),
             "messages[0].role",
             "must be one of system, user, assistant; got 'wizard'",
         ),
         (
-            {"messages": [common_pb2.ChatMessage(role="user", content=" ")]},
+            llm_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content=" ")]),
             "messages[0].content",
             "must not be empty",
         ),
-        ({"prompt": LONG}, "prompt", "the model's context is 2048 tokens"),
-        ({"prompt": "x" * 70_000}, "prompt", "at most 65536 characters in all, got 70000"),
+        (llm_pb2.GenerateRequest(prompt=LONG), "prompt", "the model's context is 2048 tokens"),
         (
-            {"prompt": "hi", "params": common_pb2.SamplingParams(max_tokens=0)},
+            llm_pb2.GenerateRequest(prompt="x" * 70_000),
+            "prompt",
+            "at most 65536 characters in all, got 70000",
+        ),
+        (
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(max_tokens=0)),
             "params.max_tokens",
             "must be at least 1",
         ),
         (
-            {"prompt": "hi", "params": common_pb2.SamplingParams(max_tokens=5000)},
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(max_tokens=5000)),
             "params.max_tokens",
             "exceeds the context of 2048 tokens",
         ),
         (
-            {"prompt": "hi", "params": common_pb2.SamplingParams(temperature=2.5)},
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(temperature=2.5)),
             "params.temperature",
             "must be in [0, 2], got 2.5",
         ),
         (
-            {"prompt": "hi", "params": common_pb2.SamplingParams(top_p=0.0)},
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(top_p=0.0)),
             "params.top_p",
             "must be in (0, 1]",
         ),
-        ({"prompt": "hi", "params": common_pb2.SamplingParams(top_k=-5)}, "params.top_k", "must be >= 1"),
         (
-            {"prompt": "hi", "params": common_pb2.SamplingParams(stop=["a"] * 9)},
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(top_k=-5)),
+            "params.top_k",
+            "must be >= 1",
+        ),
+        (
+            llm_pb2.GenerateRequest(prompt="hi", params=common_pb2.SamplingParams(stop=["a"] * 9)),
             "params.stop",
             "at most 8 stop",
         ),
-        ({"prompt": "hi", "request_id": "r" * 200}, "request_id", "at most 128 characters"),
-        ({"prompt": "hi", "priority": 7}, "priority", "must be PRIORITY_INTERACTIVE or PRIORITY_BATCH"),
+        (llm_pb2.GenerateRequest(prompt="hi", request_id="r" * 200), "request_id", "at most 128 characters"),
+        (
+            llm_pb2.GenerateRequest(prompt="hi", priority=common_pb2.Priority.ValueType(7)),
+            "priority",
+            "must be PRIORITY_INTERACTIVE or PRIORITY_BATCH",
+        ),
     ],
 )
 async def test_bad_requests_are_invalid_argument(
-    any_llm_channel: aio.Channel, request_fields: dict[str, object], field: str, message: str
+    any_llm_channel: aio.Channel, bad_request: llm_pb2.GenerateRequest, field: str, message: str
 ) -> None:
     with pytest.raises(aio.AioRpcError) as failure:
-        await collect(stub(any_llm_channel).Generate(llm_pb2.GenerateRequest(**request_fields)))  # type: ignore[arg-type]
+        await collect(stub(any_llm_channel).Generate(bad_request))
     err = failure.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.details() or "").startswith(f"{field}: ") and message in (err.details() or "")

@@ -55,7 +55,7 @@ def mesh(
 
 
 @contextlib.asynccontextmanager
-async def router_stub(app: RouterApp) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, Any]]:
+async def router_stub(app: RouterApp) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceAsyncStub, Any]]:
     async with serving(app) as server, aio.insecure_channel(server.address) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel), router_pb2_grpc.AdminServiceStub(channel)
 
@@ -69,7 +69,9 @@ async def router_server(
 
 
 @pytest.fixture(scope="module")
-async def router(router_server: ForgeServer) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, Any]]:
+async def router(
+    router_server: ForgeServer,
+) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceAsyncStub, Any]]:
     async with aio.insecure_channel(router_server.address) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel), router_pb2_grpc.AdminServiceStub(channel)
 
@@ -87,7 +89,7 @@ def chat_request(question: str, max_tokens: int = 48, **fields: Any) -> router_p
 
 
 async def ingest(
-    stub: router_pb2_grpc.RouterServiceStub, who: str, documents: dict[str, str], collection: str = ""
+    stub: router_pb2_grpc.RouterServiceAsyncStub, who: str, documents: dict[str, str], collection: str = ""
 ) -> list[router_pb2.IngestResponse]:
     requests = [
         router_pb2.IngestRequest(collection=collection, document=router_pb2.Document(id=i, text=t))
@@ -216,7 +218,7 @@ async def test_over_the_session_limit_exactly_the_extra_chats_are_rejected(
         for err in rejected:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             retry_after, reason = retry_details(err)
-            assert reason == "SESSION_LIMIT" and retry_after > 0
+            assert reason == "SESSION_LIMIT" and retry_after is not None and retry_after > 0
         capacity = await admin.GetCapacity(router_pb2.GetCapacityRequest())
         assert capacity.rejected_total["SESSION_LIMIT"] == 3 and capacity.admitted_total == 2
         assert capacity.active_sessions == 0

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import pytest
 import yaml
@@ -15,7 +16,20 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "forge-alerts.yaml"
 
 
-def alerts() -> dict[str, dict[str, object]]:
+# A Prometheus alerting rule as the file spells it ("for" is a keyword, hence this form).
+Rule = TypedDict(
+    "Rule",
+    {
+        "alert": str,
+        "expr": str,
+        "for": NotRequired[str],
+        "labels": dict[str, str],
+        "annotations": dict[str, str],
+    },
+)
+
+
+def alerts() -> dict[str, Rule]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"]}
 
@@ -40,8 +54,8 @@ def test_the_four_alerts_watch_what_the_brief_asks() -> None:
     assert str(rules["ForgeRejectionsHigh"]["expr"]).endswith("> 1")
     assert rules["ForgeServiceDown"]["expr"] == "up == 0"
     for rule in rules.values():
-        assert rule["labels"]["severity"] in {"warning", "critical"}  # type: ignore[index]
-        assert rule["annotations"]["summary"]  # type: ignore[index]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"]
 
 
 def test_every_forge_metric_in_the_rules_is_exported_by_a_service() -> None:

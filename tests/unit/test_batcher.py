@@ -6,8 +6,9 @@ import threading
 import numpy as np
 import pytest
 
+from services.common.encoder import Vectors
 from services.common.errors import ResourceExhausted, Unavailable
-from services.embed.batcher import MicroBatcher, Vectors
+from services.embed.batcher import MicroBatcher
 
 
 class RecordingModel:

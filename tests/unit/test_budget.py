@@ -7,11 +7,11 @@ import pytest
 from services.router.budget import BudgetPlan, Candidate, context_budget, fit_chunks
 
 
-def _c(key: str, score: float, tokens: int) -> Candidate:
+def _c(key: str, score: float, tokens: int) -> Candidate[str]:
     return Candidate(key=key, score=score, tokens=tokens)
 
 
-def _keys(cands: list[Candidate]) -> list[object]:
+def _keys(cands: list[Candidate[str]]) -> list[str]:
     return [c.key for c in cands]
 
 
@@ -23,7 +23,7 @@ def test_everything_fits() -> None:
 
 
 def test_no_candidates() -> None:
-    plan = fit_chunks(50, [], budget_tokens=100)
+    plan: BudgetPlan[str] = fit_chunks(50, [], budget_tokens=100)
     assert plan == BudgetPlan(kept=[], dropped=[], prompt_tokens=50, budget_tokens=100)
 
 

@@ -45,6 +45,14 @@ class StreamThenRaise(llm_pb2_grpc.LlmServiceServicer):
         yield llm_pb2.GenerateResponse(text="partial ")
         raise ERRORS[request.prompt]
 
+    async def Tokenize(self, request: llm_pb2.TokenizeRequest, context: object) -> llm_pb2.TokenizeResponse:
+        raise NotImplementedError
+
+    async def GetModelInfo(
+        self, request: llm_pb2.GetModelInfoRequest, context: object
+    ) -> llm_pb2.GetModelInfoResponse:
+        raise NotImplementedError
+
 
 @pytest.fixture(scope="module")
 async def channel() -> AsyncIterator[aio.Channel]:

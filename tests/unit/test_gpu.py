@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import types
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from forge.v1 import common_pb2, ops_pb2, router_pb2
+from grpc import aio
 
 from services.common import gpu, gpu_metrics, ops
+from services.common.channels import insecure_channel
+from services.common.config import load_profile
 from services.common.gpu import (
     GpuDeviceInfo,
     GpuProcessInfo,
@@ -20,7 +25,9 @@ from services.common.gpu import (
 )
 from services.common.gpu_metrics import GpuMemoryCollector
 from services.common.ops import gpu_stats_message, usage_message
-from services.router import admin
+from services.router.admission import AdmissionController
+from services.router.api import admin
+from tests.helpers import servicer_context
 
 
 def test_without_nvml_the_answer_is_no_gpu_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,11 +290,31 @@ async def test_ops_service_reports_its_own_slice_and_labels_its_children(
     monkeypatch.setattr(ops, "read_gpu_snapshot", lambda: snapshot)
     monkeypatch.setattr(gpu, "descendant_pids", lambda pid: (ENGINE_CORE_PID,))
     servicer = ops.OpsServicer("llm", "0", "h100", "software", 0.75, lambda: "cuda:0", dict)
-    reply = await servicer.GetGpuStats(ops_pb2.GetGpuStatsRequest(), None)  # type: ignore[arg-type]
+    reply = await servicer.GetGpuStats(ops_pb2.GetGpuStatsRequest(), servicer_context())
     assert reply.usage.pid == os.getpid() and list(reply.usage.child_pids) == [ENGINE_CORE_PID]
     assert reply.usage.used_bytes == 50 * GIB and reply.usage.slice_bytes == 60 * GIB
     names = {p.pid: p.service for p in reply.gpu.devices[0].processes}
     assert names[ENGINE_CORE_PID] == "llm" and names[FOREIGN_PID] == ""
+
+
+@contextlib.asynccontextmanager
+async def unused_channels(*services: str) -> AsyncIterator[dict[str, aio.Channel]]:
+    """A channel per service that is never dialled: the tests answer `admin.gpu_stats` themselves."""
+    channels = {name: insecure_channel(f"{name}.invalid:1") for name in services}
+    try:
+        yield channels
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def ledger(
+    profile: str, channels: dict[str, aio.Channel]
+) -> router_pb2.AdminServiceGetGpuStatsResponse:
+    """The router's AdminService.GetGpuStats over these channels."""
+    admission = AdmissionController(load_profile(profile, environ={}).admission)
+    servicer = admin.AdminServicer(profile, admission, lambda: channels)
+    return await servicer.GetGpuStats(router_pb2.AdminServiceGetGpuStatsRequest(), servicer_context())
 
 
 async def test_router_ledger_names_every_forge_process_and_lists_the_rest(
@@ -306,8 +333,8 @@ async def test_router_ledger_names_every_forge_process_and_lists_the_rest(
         "guardrails": TimeoutError(),
     }
 
-    async def gpu_stats(channel: str, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
-        answer = answers[channel]
+    async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
+        answer = answers[service_of[channel]]
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -315,8 +342,9 @@ async def test_router_ledger_names_every_forge_process_and_lists_the_rest(
     monkeypatch.setattr(admin, "gpu_stats", gpu_stats)
     monkeypatch.setattr(admin, "read_gpu_snapshot", lambda: snapshot)
     monkeypatch.setattr(admin, "descendant_pids", lambda pid: ())
-    servicer = admin.AdminServicer("h100", None, lambda: {n: n for n in answers})  # type: ignore[arg-type,misc]
-    reply = await servicer.GetGpuStats(router_pb2.AdminServiceGetGpuStatsRequest(), None)  # type: ignore[arg-type]
+    async with unused_channels(*answers) as channels:
+        service_of = {channel: name for name, channel in channels.items()}
+        reply = await ledger("h100", channels)
     assert [s.service for s in reply.services] == ["llm", "embed"]
     assert list(reply.unreachable_services) == ["guardrails"]
     names = {p.pid: p.service for p in reply.gpu.devices[0].processes}
@@ -327,12 +355,12 @@ async def test_router_ledger_without_a_gpu_is_a_clear_no_gpu_answer(monkeypatch:
     def no_nvml() -> Any:
         raise RuntimeError("NVML unavailable (NVML Shared Library Not Found)")
 
-    async def gpu_stats(channel: str, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
-        return ops_pb2.GetGpuStatsResponse(usage=common_pb2.ServiceGpuUsage(service=channel, device="cpu"))
+    async def gpu_stats(channel: aio.Channel, timeout_s: float) -> ops_pb2.GetGpuStatsResponse:
+        return ops_pb2.GetGpuStatsResponse(usage=common_pb2.ServiceGpuUsage(service="embed", device="cpu"))
 
     monkeypatch.setattr(gpu, "_nvml", no_nvml)
     monkeypatch.setattr(admin, "gpu_stats", gpu_stats)
-    servicer = admin.AdminServicer("cpu", None, lambda: {"embed": "embed"})  # type: ignore[arg-type,misc]
-    reply = await servicer.GetGpuStats(router_pb2.AdminServiceGetGpuStatsRequest(), None)  # type: ignore[arg-type]
+    async with unused_channels("embed") as channels:
+        reply = await ledger("cpu", channels)
     assert not reply.gpu.gpu_available and reply.gpu.detail.startswith("no GPU: NVML unavailable")
     assert not reply.gpu.devices and reply.services[0].service == "embed"

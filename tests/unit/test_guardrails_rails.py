@@ -12,7 +12,7 @@ from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails
 from services.guardrails.normalize import Normalized, normalize
 from services.guardrails.policy import Action, PolicyError, RailConfig, Stage, parse_policy
-from services.guardrails.rails.base import Hit
+from services.guardrails.rails.base import Hit, Rail
 from services.guardrails.rails.judge import (
     MAX_JUDGED_CHARS,
     JudgeConfig,
@@ -199,10 +199,10 @@ class BrokenRail:
         raise RuntimeError("model crashed")
 
 
-def _guard(rails_cfg: dict[str, dict[str, object]], rails: dict[str, object]) -> Guard:
+def _guard(rails_cfg: dict[str, dict[str, object]], rails: dict[str, Rail]) -> Guard:
     cfg = {name: {"kind": "secrets", **c} for name, c in rails_cfg.items()}
     policy = parse_policy({"version": "t", "max_chars": 100, "rails": cfg, "stages": {"input": list(cfg)}})
-    return Guard(policy, rails)  # type: ignore[arg-type]
+    return Guard(policy, rails)
 
 
 async def test_redaction_masks_only_the_hit_spans() -> None:

@@ -131,7 +131,7 @@ class EnvDump(ChildSpec):
 
 async def test_supervisor_starts_each_service_with_its_own_environment(tmp_path: Path) -> None:
     h100 = profile("h100", isolation="mps")
-    specs = [
+    specs: list[ChildSpec] = [
         EnvDump(s, str(tmp_path), 0, 0, env=service_environment(h100, s, {})) for s in ("embed", "router")
     ]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS_")}
@@ -144,14 +144,15 @@ async def test_supervisor_starts_each_service_with_its_own_environment(tmp_path:
 
 
 def test_guardrails_caps_its_allocator_unless_isolation_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.encoder import SentenceEncoder
     from services.guardrails import encoder
 
     capped: list[tuple[str, float]] = []
-    monkeypatch.setattr(encoder, "choose_device", lambda requested, fraction: "cuda:0")
+    monkeypatch.setattr(encoder, "choose_device", lambda service, requested, fraction: "cuda:0")
     monkeypatch.setattr(
         encoder, "apply_gpu_slice", lambda device, fraction: capped.append((device, fraction))
     )
-    monkeypatch.setattr(encoder.SentenceEncoder, "load", lambda path, device: device)
+    monkeypatch.setattr(SentenceEncoder, "load", lambda path, device: device)
     encoder.TextEncoder.load("auto", 0.05)
     assert capped == [("cuda:0", 0.05)]
     encoder.TextEncoder.load("auto", 0.05, cap_to_slice=False)

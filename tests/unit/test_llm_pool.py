@@ -102,7 +102,7 @@ async def test_new_sessions_go_to_the_least_loaded_replica() -> None:
     assert {one, other} == {"a", "b"}, "the second session must go to the idle replica"
     assert sorted(r.inflight for r in p.replicas) == [1, 1]
     gate.set()
-    assert await asyncio.gather(first, second) == ["ab", "ab"]
+    assert list(await asyncio.gather(first, second)) == ["ab", "ab"]
     assert (fakes["a"].served, fakes["b"].served) == (1, 1)
 
 

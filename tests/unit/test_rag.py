@@ -4,7 +4,7 @@ rail does to the stream, and what a failing dependency does to the answer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ class FakeLlm:
     async def count_text_tokens(self, text: str, timeout_s: float) -> int:
         return len(text.split())
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Generated]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Generated, None]:
         self.requests.append(request)
         self.prompts.append(list(request.messages))
         try:

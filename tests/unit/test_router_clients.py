@@ -64,7 +64,7 @@ async def test_a_rejected_request_is_internal_naming_the_service_and_counted(
 async def test_overload_and_outage_keep_their_meaning(guardrails: GrpcGuardrails) -> None:
     with pytest.raises(ResourceExhausted):
         await guardrails.check("full", Stage.INPUT, 5)
-    with pytest.raises(Unavailable, match="^guardrails unavailable: UNAVAILABLE: models still loading$"):
+    with pytest.raises(Unavailable, match=r"^guardrails unavailable: UNAVAILABLE: models still loading$"):
         await guardrails.check("down", Stage.INPUT, 5)
 
 

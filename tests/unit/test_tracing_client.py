@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -17,12 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcOtlpExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpOtlpExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common import telemetry
 from services.common.errors import InvalidArgument
+from services.common.gpu import read_gpu_snapshot
 from services.common.interceptors import ErrorMappingInterceptor
 from tests.spans import SpanRecorder
 
@@ -63,30 +63,36 @@ class Handlers:
         self.stream_started = asyncio.Event()
         self.slow_started = asyncio.Event()
 
-    async def echo(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+    async def echo(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         return str(metadata.get("traceparent", "")).encode()
 
-    async def slow(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+    async def slow(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         self.slow_started.set()
         await asyncio.Event().wait()  # until the caller cancels or its deadline passes
         return b"late"
 
-    async def invalid(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+    async def invalid(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         raise InvalidArgument("text", "must not be empty")
 
-    async def crash(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+    async def crash(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         raise RuntimeError("a bug")
 
-    async def stream(self, request: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    async def stream(
+        self, request: bytes, context: aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
         for i in range(int(request or b"1000")):
             self.stream_started.set()
             yield str(i).encode()
             await asyncio.sleep(0.01)
 
 
+# The recorder, a traced channel to the echo server, its handlers, and its address.
+Echo = tuple[Tracing, aio.Channel, Handlers, str]
+
+
 @pytest.fixture
-async def echo() -> AsyncIterator[tuple[Tracing, aio.Channel, Handlers, str]]:
+async def echo() -> AsyncIterator[Echo]:
     tracing = Tracing()
     handlers = Handlers()
     server = aio.server(
@@ -124,9 +130,21 @@ def method(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
-async def test_a_completed_call_is_one_trace_across_the_hop(echo: Any) -> None:
+def unary(channel: aio.Channel, name: str) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(method(name))
+
+
+def streaming(channel: aio.Channel, name: str) -> aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(method(name))
+
+
+def both_spans_ended(tracing: Tracing, name: str) -> Callable[[], bool]:
+    return lambda: len(tracing.spans(method(name))) == 2
+
+
+async def test_a_completed_call_is_one_trace_across_the_hop(echo: Echo) -> None:
     tracing, channel, _, target = echo
-    traceparent = (await channel.unary_unary(method("Echo"))(b"hi")).decode()
+    traceparent = (await unary(channel, "Echo")(b"hi")).decode()
     await eventually(lambda: len(tracing.spans()) == 2, "client and server span")
     client = tracing.one(method("Echo"), SpanKind.CLIENT)
     server = tracing.one(method("Echo"), SpanKind.SERVER)
@@ -147,9 +165,9 @@ async def test_a_completed_call_is_one_trace_across_the_hop(echo: Any) -> None:
     assert tracing.open.open == {}
 
 
-async def test_a_cancelled_unary_call_ends_its_spans_as_cancelled(echo: Any) -> None:
+async def test_a_cancelled_unary_call_ends_its_spans_as_cancelled(echo: Echo) -> None:
     tracing, channel, handlers, _ = echo
-    slow = channel.unary_unary(method("Slow"))
+    slow = unary(channel, "Slow")
 
     async def call() -> bytes:
         result: bytes = await slow(b"")
@@ -168,9 +186,9 @@ async def test_a_cancelled_unary_call_ends_its_spans_as_cancelled(echo: Any) -> 
     assert tracing.open.open == {}
 
 
-async def test_a_unary_call_cancelled_at_once_leaves_no_span_open(echo: Any) -> None:
+async def test_a_unary_call_cancelled_at_once_leaves_no_span_open(echo: Echo) -> None:
     tracing, channel, _, _ = echo
-    call = channel.unary_unary(method("Echo"))(b"")
+    call = unary(channel, "Echo")(b"")
     call.cancel()  # before or while the interceptors run
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -180,9 +198,9 @@ async def test_a_unary_call_cancelled_at_once_leaves_no_span_open(echo: Any) -> 
         assert client.status.status_code is StatusCode.ERROR
 
 
-async def test_a_stream_cancelled_mid_way_ends_its_spans_as_cancelled(echo: Any) -> None:
+async def test_a_stream_cancelled_mid_way_ends_its_spans_as_cancelled(echo: Echo) -> None:
     tracing, channel, _, _ = echo
-    call = channel.unary_stream(method("Stream"))(b"")
+    call = streaming(channel, "Stream")(b"")
     received = 0
     async for _ in call:
         received += 1
@@ -200,14 +218,14 @@ async def test_a_stream_cancelled_mid_way_ends_its_spans_as_cancelled(echo: Any)
     assert tracing.open.open == {}
 
 
-async def test_an_abandoned_stream_ends_its_span_when_its_channel_closes(echo: Any) -> None:
+async def test_an_abandoned_stream_ends_its_span_when_its_channel_closes(echo: Echo) -> None:
     """grpc.aio keeps a stream that is neither read to the end nor cancelled alive (garbage
     collection does not end it); its span ends with the call: deadline, or channel close."""
     tracing, _, _, target = echo
     channel = aio.insecure_channel(
         target, interceptors=telemetry.client_interceptors(target, tracing.provider)
     )
-    call = channel.unary_stream(method("Stream"))(b"")
+    call = streaming(channel, "Stream")(b"")
     async for _ in call:
         break  # never read the rest, never cancel
     del call
@@ -218,13 +236,13 @@ async def test_an_abandoned_stream_ends_its_span_when_its_channel_closes(echo: A
     assert (client.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
 
 
-async def test_failed_calls_get_error_status_on_both_sides(echo: Any) -> None:
+async def test_failed_calls_get_error_status_on_both_sides(echo: Echo) -> None:
     tracing, channel, _, _ = echo
     for name, code in (("Invalid", grpc.StatusCode.INVALID_ARGUMENT), ("Crash", grpc.StatusCode.INTERNAL)):
         with pytest.raises(aio.AioRpcError) as failure:
-            await channel.unary_unary(method(name))(b"")
+            await unary(channel, name)(b"")
         assert failure.value.code() == code
-        await eventually(lambda name=name: len(tracing.spans(method(name))) == 2, f"{name} spans")
+        await eventually(both_spans_ended(tracing, name), f"{name} spans")
         for kind in (SpanKind.CLIENT, SpanKind.SERVER):
             span = tracing.one(method(name), kind)
             assert span.status.status_code is StatusCode.ERROR, (name, kind)
@@ -233,10 +251,10 @@ async def test_failed_calls_get_error_status_on_both_sides(echo: Any) -> None:
     assert tracing.open.open == {}
 
 
-async def test_a_deadline_ends_the_client_span(echo: Any) -> None:
+async def test_a_deadline_ends_the_client_span(echo: Echo) -> None:
     tracing, channel, _, _ = echo
     with pytest.raises(aio.AioRpcError) as failure:
-        await channel.unary_unary(method("Slow"))(b"", timeout=0.2)
+        await unary(channel, "Slow")(b"", timeout=0.2)
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await eventually(lambda: len(tracing.spans(method("Slow"))) == 2, "both spans ended")
     client = tracing.one(method("Slow"), SpanKind.CLIENT)
@@ -245,7 +263,7 @@ async def test_a_deadline_ends_the_client_span(echo: Any) -> None:
     assert (client.attributes or {})["rpc.grpc.status_code"] == code
 
 
-async def test_health_checks_are_not_traced(echo: Any) -> None:
+async def test_health_checks_are_not_traced(echo: Echo) -> None:
     tracing, channel, _, _ = echo
     stub = health_pb2_grpc.HealthStub(channel)
     await stub.Check(health_pb2.HealthCheckRequest())
@@ -253,18 +271,18 @@ async def test_health_checks_are_not_traced(echo: Any) -> None:
     assert tracing.spans() == [] and tracing.open.open == {}
 
 
-async def test_blocking_channel_spans_end_on_completion_and_cancel(echo: Any) -> None:
+async def test_blocking_channel_spans_end_on_completion_and_cancel(echo: Echo) -> None:
     tracing, _, _, target = echo
     with grpc.insecure_channel(target) as raw:
         channel = grpc.intercept_channel(raw, telemetry.sync_client_interceptor(target, tracing.provider))
-        stream = channel.unary_stream(method("Stream"))
-        unary = channel.unary_unary(method("Echo"))
+        stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method("Stream"))
+        echo_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method("Echo"))
 
         def blocking() -> tuple[str, list[bytes]]:
-            traceparent = unary(b"").decode()
-            call: Iterator[bytes] = stream(b"")
+            traceparent = echo_call(b"").decode()
+            call = stream(b"")
             first = [next(call), next(call)]
-            call.cancel()  # type: ignore[attr-defined]
+            call.cancel()
             return traceparent, first
 
         traceparent, first = await asyncio.to_thread(blocking)
@@ -325,7 +343,7 @@ def test_no_otel_settings_means_no_exporter_and_no_error(clean_env: pytest.Monke
     ],
 )
 def test_exporter_follows_the_standard_variables(
-    clean_env: pytest.MonkeyPatch, env: dict[str, str], exporter: type | None
+    clean_env: pytest.MonkeyPatch, env: dict[str, str], exporter: type[SpanExporter] | None
 ) -> None:
     for name, value in env.items():
         clean_env.setenv(name, value)
@@ -350,7 +368,7 @@ def test_sampling_follows_the_standard_variables(clean_env: pytest.MonkeyPatch) 
 
 def test_gpu_memory_attribute_is_skipped_without_a_gpu() -> None:
     reader = telemetry._GpuMemoryReader(ttl_s=60)
-    snapshot_has_gpu = telemetry.read_gpu_snapshot().available
+    snapshot_has_gpu = read_gpu_snapshot().available
     value = reader()
     assert (value is None) == (not snapshot_has_gpu)
     with contextlib.suppress(Exception):

@@ -23,6 +23,7 @@ import grpc
 from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 from services.common import telemetry
+from services.common.channels import insecure_blocking_channel
 from services.guardrails.normalize import Normalized
 from services.guardrails.rails.base import Hit
 
@@ -150,7 +151,7 @@ class LlmServiceJudge:
         self.address = config.address or DEFAULT_LLM_ADDRESS
         self.timeout_s = config.timeout_s
         self.max_tokens = config.max_tokens
-        channel = grpc.insecure_channel(self.address)
+        channel = insecure_blocking_channel(self.address)
         # The rail runs in a worker thread that carries the request's context: the judge's call
         # joins the request's trace.
         traced = grpc.intercept_channel(channel, telemetry.sync_client_interceptor(self.address))

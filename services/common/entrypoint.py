@@ -1,0 +1,88 @@
+"""One service as a process. `python -m services.<name>` (what `forge up` starts) and
+`forge serve <name>` both run a service through here, so a service never imports the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from services.common.config import ConfigError, SkuProfile, load_profile
+from services.common.server import ServerOptions, ServiceApp, configure_logging, run_service
+from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
+
+DEFAULT_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """How a service is built from the SKU profile and FORGE_HOME. `configuration` names what a
+    ValueError from `build` is about (its FORGE_<NAME>_* settings, its policy)."""
+
+    name: str
+    build: Callable[[SkuProfile, Path], ServiceApp]
+    configuration: str
+
+
+class ServeError(Exception):
+    """The service cannot start (an unknown profile, invalid settings); the message says why."""
+
+
+def server_options(host: str, port: int, metrics_port: int, grace_s: float) -> ServerOptions:
+    """The server kit's options from the command line; a negative metrics port turns /metrics off."""
+    return ServerOptions(
+        host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, drain_grace_s=grace_s
+    )
+
+
+def serve(entry: ServiceEntry, settings: ForgeSettings, options: ServerOptions) -> int:
+    """Build the service from the profile and its settings, then serve it until SIGTERM/SIGINT.
+    Returns the process exit code."""
+    try:
+        profile = load_profile(settings.profile)
+    except ConfigError as exc:
+        raise ServeError(str(exc)) from exc
+    try:
+        app = entry.build(profile, settings.home_dir())
+    except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
+        raise ServeError(f"invalid {entry.configuration}:\n{exc}") from exc
+    return asyncio.run(run_service(app, profile, options))
+
+
+def serve_main(entry: ServiceEntry, argv: Sequence[str] | None = None) -> NoReturn:
+    """`python -m services.<name> [--host] [--port] [--metrics-port] [--grace]`, with the same
+    defaults as `forge serve <name>`; FORGE_PROFILE, FORGE_HOME and FORGE_LOG_LEVEL come from the
+    environment."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{entry.name}", description=f"Run the Forge {entry.name} service."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_GRPC_PORTS[entry.name], help="gRPC port (0 = any free port)."
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORTS[entry.name],
+        help="Prometheus /metrics port (0 = any free port, -1 = off).",
+    )
+    parser.add_argument(
+        "--grace",
+        dest="grace_s",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help="Seconds in-flight calls get to finish on SIGTERM.",
+    )
+    args = parser.parse_args(argv)
+    settings = ForgeSettings()
+    configure_logging(settings.log_level.upper())
+    try:
+        code = serve(entry, settings, server_options(args.host, args.port, args.metrics_port, args.grace_s))
+    except ServeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)  # as `forge serve` reports it
+        sys.exit(1)
+    sys.exit(code)
