@@ -9,9 +9,11 @@ top score; failed and why)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -78,12 +80,14 @@ def validate(text: str, stage: Stage | None, max_chars: int) -> Stage:
 
 
 class Guard:
-    def __init__(self, policy: Policy, rails: Mapping[str, Rail]) -> None:
+    def __init__(self, policy: Policy, rails: Mapping[str, Rail], executor: Executor | None = None) -> None:
+        """`executor` runs the rails' scans (None: the loop's default thread pool)."""
         missing = [name for name in policy.used_rails() if name not in rails]
         if missing:
             raise ValueError(f"rails named by the policy but not built: {missing}")
         self.policy = policy
         self.rails = dict(rails)
+        self._executor = executor
 
     async def check(self, text: str, stage: Stage | None) -> Verdict:
         with tracer.start_as_current_span("guardrails.check") as span:
@@ -120,7 +124,7 @@ class Guard:
         ) as span:
             started = time.perf_counter()
             try:
-                hits = await asyncio.wait_for(asyncio.to_thread(rail.scan, doc), config.timeout_ms / 1000)
+                hits = await _scan(rail, doc, config.timeout_ms / 1000, self._executor)
             except TimeoutError:
                 return self._failed(name, started, "timeout", span)
             except Unavailable:
@@ -178,3 +182,25 @@ class Guard:
         decision = next((a for a in (Action.BLOCK, Action.REDACT, Action.FLAG) if a in actions), None)
         redacted = redact(text, to_redact) if to_redact else text
         return Verdict(decision, findings, redacted, timings, self.policy.version)
+
+
+async def _scan(rail: Rail, doc: Normalized, timeout_s: float, executor: Executor | None) -> list[Hit]:
+    """The rail's scan in a worker thread, its timeout counted from when it starts running.
+
+    Under load the checks of several chats queue for the few worker threads; charging that wait to
+    each rail's timeout turned a busy box into fail-closed blocks of benign text. The wait itself
+    stays bounded by the caller's deadline (the gRPC call is cancelled with it)."""
+    loop = asyncio.get_running_loop()
+    running = asyncio.Event()
+
+    def scan() -> list[Hit]:
+        loop.call_soon_threadsafe(running.set)
+        return rail.scan(doc)
+
+    # In this context, so a rail that calls another service (the judge) continues the trace.
+    work = loop.run_in_executor(executor, contextvars.copy_context().run, scan)
+    try:
+        await running.wait()
+        return await asyncio.wait_for(work, timeout_s)
+    finally:
+        work.cancel()  # the caller left or the rail timed out: nobody waits for its answer

@@ -1,12 +1,13 @@
 """README's run command: `forge up` brings the whole mesh up health-gated (llm, embed, guardrails,
 router with Milvus Lite); `forge ingest` and `forge ask` answer from the ingested documents with
-citations; a crashed service is restarted (the router with its Milvus Lite data intact); Ctrl-C
-stops everything cleanly."""
+citations, with the CLI's defaults, the way a new user runs them; a crashed service is restarted
+(the router with its Milvus Lite data intact); Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -107,7 +108,23 @@ async def test_forge_up_serves_restarts_and_stops(
     assert any(f"embed       grpc {address}" in line for line in banner)
     assert any(f"router      grpc {router}" in line for line in banner)
 
-    # A user's first session: ingest files, ask about them, get the answer with its source.
+    # A new user's first session: ingest this README and docs/, then ask everyday questions with
+    # the CLI's defaults (answers up to the router's 256 tokens: paragraphs, lists, blank lines).
+    # Issue 11: 11 of 12 such questions ended INVALID_ARGUMENT from the output rail.
+    docs_tenant = f"e2e-docs-{offset}"
+    ingested = await forge_cli("ingest", "README.md", "docs/", "--router", router, "--tenant", docs_tenant)
+    assert re.search(r"ingested \d+ documents", ingested), ingested
+    everyday = ["What is Forge?", "How do I run the tests?", "List the ports every service listens on."]
+    answers = await asyncio.gather(
+        *(forge_cli("ask", q, "--router", router, "--tenant", docs_tenant) for q in everyday)
+    )
+    for question, answer in zip(everyday, answers, strict=True):
+        # forge_cli asserted the exit status; the answer is followed by its sources and usage.
+        assert re.search(r"^\[1\] (README\.md|operations\.md) \(part \d+", answer, re.M), (question, answer)
+        assert re.search(r"\(\d+ prompt \+ [1-9]\d* answer tokens", answer), (question, answer)
+        assert "[blocked]" not in answer and "[degraded]" not in answer, (question, answer)
+
+    # Ingest their own files, ask about them, get the answer with its source.
     vault = "# The Zephyr vault\n\nThe access code for the Zephyr vault is 4417.\n"
     (tmp_path / "zephyr.md").write_text(vault)
     (tmp_path / "fern.txt").write_text("The Blue Fern greenhouse waters its orchids every Tuesday.\n")
@@ -115,7 +132,7 @@ async def test_forge_up_serves_restarts_and_stops(
     ingested = await forge_cli("ingest", str(tmp_path), "--router", router, "--tenant", tenant)
     assert "ingested 2 documents" in ingested
     question = "What is the access code for the Zephyr vault?"
-    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant, "--max-tokens", "32")
+    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant)
     assert "4417" in answer and "[1] zephyr.md" in answer, answer
 
     # The router crashes; `forge up` restarts it and its Milvus Lite data is still there.
@@ -129,7 +146,7 @@ async def test_forge_up_serves_restarts_and_stops(
                 return
 
     await asyncio.wait_for(router_restarted(), 180)
-    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant, "--max-tokens", "32")
+    answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant)
     assert "[1] zephyr.md" in answer, answer
 
     async with aio.insecure_channel(address) as channel:

@@ -3,7 +3,10 @@ for rails only here; the real rails are exercised in tests/integration/test_guar
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -249,3 +252,52 @@ def test_guard_refuses_a_policy_whose_rails_were_not_built() -> None:
     policy = parse_policy({"version": "t", "rails": {"a": {"kind": "secrets"}}, "stages": {"input": ["a"]}})
     with pytest.raises(ValueError, match="not built"):
         Guard(policy, {})
+
+
+class GatedRail:
+    """Finds nothing; its scan runs until `release` is set (a model that is slow on this text)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.kind = "secrets"
+        self.release = threading.Event()
+
+    def scan(self, doc: Normalized) -> list[Hit]:
+        self.release.wait(timeout=30)
+        return []
+
+
+async def test_a_rail_that_runs_past_its_timeout_fails_closed() -> None:
+    rail = GatedRail("slow")
+    guard = _guard({"slow": {"timeout_ms": 50, "on_failure": "closed"}}, {"slow": rail})
+    try:
+        verdict = await guard.check("anything", Stage.INPUT)
+    finally:
+        rail.release.set()
+    assert verdict.decision is Action.BLOCK and verdict.timings[0].reason == "timeout"
+
+
+async def test_waiting_for_a_worker_thread_is_not_charged_to_the_rails_timeout() -> None:
+    # The rails' one worker busy (as under many concurrent checks): the scan waits longer than its
+    # 50 ms timeout before it starts, then runs quickly.
+    policy = parse_policy(
+        {
+            "version": "t",
+            "rails": {"w": {"kind": "secrets", "action": "block", "timeout_ms": 50}},
+            "stages": {"input": ["w"]},
+        }
+    )
+    with ThreadPoolExecutor(max_workers=1) as workers:
+        guard = Guard(policy, {"w": WordRail("w", "secret")}, workers)
+        busy = threading.Event()
+        blocker = asyncio.get_running_loop().run_in_executor(workers, busy.wait, 30)
+        check = asyncio.create_task(guard.check("a secret", Stage.INPUT))
+        try:
+            await asyncio.sleep(0.3)  # the condition under test: time queued, not a synchronisation
+            assert not check.done(), "the scan must still be waiting for the worker"
+        finally:
+            busy.set()
+            await blocker
+        verdict = await check
+    assert not verdict.timings[0].failed and verdict.decision is Action.BLOCK
+    assert [f.category for f in verdict.findings] == ["word"]
