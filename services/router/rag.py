@@ -184,7 +184,8 @@ class ChatOrchestrator:
             else []
         )
         chunks = await self._retriever.checked(hits, deadline, degradation)
-        messages, kept = await self._fit_prompt(conversation, chunks, request.sampling.max_tokens, deadline)
+        max_new = request.sampling.max_tokens or self.settings.default_max_tokens  # validate() set it
+        messages, kept = await self._fit_prompt(conversation, chunks, max_new, deadline)
         trace.get_current_span().set_attributes(  # the request's span: no stage span is open here
             {
                 "forge.chunks_retrieved": len(hits),
@@ -204,13 +205,13 @@ class ChatOrchestrator:
         self,
         conversation: list[Message],
         chunks: list[ContextChunk],
-        max_new: int | None,
+        max_new: int,
         deadline: Deadline,
     ) -> tuple[list[Message], list[ContextChunk]]:
-        """The prompt within the LLM's context: one token count when everything fits; otherwise
-        each chunk is counted and the lowest-scored ones are dropped first."""
+        """The prompt within the LLM's context, leaving room for `max_new` tokens: one token count
+        when everything fits; otherwise each chunk is counted and the lowest-scored ones are
+        dropped first."""
         s = self.settings
-        max_new = max_new or s.default_max_tokens
         timeout = self._stages.timeout("counting prompt tokens", deadline)
 
         async def fit() -> tuple[list[Message], list[ContextChunk]]:
