@@ -20,7 +20,11 @@ from unittest import mock
 
 from grpc import aio
 
+from services.common.channels import Dialer
 from services.common.config import load_profile
+from services.common.credentials import dialer_for
+from services.common.security.settings import SecuritySettings
+from services.common.security.tls import TlsDir, ensure_tls_dir
 from services.common.server import ForgeServer, ServerOptions, ServiceApp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,15 +92,49 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
         await asyncio.sleep(0.05)
 
 
+def mesh_tls(home: Path | None = None) -> TlsDir:
+    """The CA and certificates of a test FORGE_HOME (made once, as `forge up` does)."""
+    tls, _ = ensure_tls_dir((home or forge_test_home()) / "tls")
+    return tls
+
+
+def mesh_dialer(identity: str = "client", home: Path | None = None) -> Dialer:
+    """Mutual TLS into services started with the secure defaults under `home`, as `identity`."""
+    home = home or forge_test_home()
+    mesh_tls(home)
+    return dialer_for(identity, SecuritySettings(internal_tls="mtls", tls_dir=str(home / "tls")), home)
+
+
+def bearer(key: str, tenant: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying an API key (and the tenant to act for)."""
+    pairs = [("authorization", f"Bearer {key}")]
+    if tenant is not None:
+        pairs.append(("x-forge-tenant", tenant))
+    return tuple(pairs)
+
+
 class ServiceProcess:
-    """`forge serve <service>` as a child process, with its JSON lifecycle events on stdout."""
+    """`forge serve <service>` as a child process, with its JSON lifecycle events on stdout. It
+    runs with the secure defaults (mutual TLS for llm, embed and guardrails; API keys on the
+    router) under the test FORGE_HOME unless `env` says otherwise; `channel()` dials it."""
 
     def __init__(self, service: str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.service = service
         self.extra = extra
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env.setdefault("FORGE_HOME", str(forge_test_home()))
+        mesh_tls(Path(self.env["FORGE_HOME"]))
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, object]] = []
+        self.port = 0
+
+    def channel(self) -> aio.Channel:
+        """A channel to this process as an operator reaches it (the mesh's client certificate for
+        an internal service, plaintext for the router's public port)."""
+        address = f"127.0.0.1:{self.port}"
+        if self.service == "router" or self.env.get("FORGE_INTERNAL_TLS") == "off":
+            return aio.insecure_channel(address)
+        return mesh_dialer("client", Path(self.env["FORGE_HOME"])).channel(address, self.service)
 
     async def start(self) -> dict[str, object]:
         self.proc = await asyncio.create_subprocess_exec(
@@ -114,7 +152,9 @@ class ServiceProcess:
             env=self.env,
             cwd=REPO_ROOT,
         )
-        return await self.next_event("listening")
+        listening = await self.next_event("listening")
+        self.port = int(str(listening["port"]))
+        return listening
 
     async def next_event(self, name: str, timeout_s: float = 120) -> dict[str, object]:
         assert self.proc is not None and self.proc.stdout is not None

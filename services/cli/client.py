@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import grpc
 from forge.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-from services.common.channels import insecure_blocking_channel
+from services.common.channels import CLIENT_OPTIONS, insecure_blocking_channel
+from services.common.security.settings import admin_key_path
 
 TENANT_HEADER = "x-forge-tenant"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
@@ -41,15 +43,49 @@ def documents_in(paths: Sequence[Path]) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class Router:
+    """How to reach the router: its address, the API key to present, the tenant to act for
+    ("" = the key's own), and the CA that signed its certificate when its port speaks TLS."""
+
+    address: str
+    api_key: str = ""
+    tenant: str = ""
+    tls_ca: Path | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        if self.api_key:
+            pairs.append(("authorization", f"Bearer {self.api_key}"))
+        if self.tenant:
+            pairs.append((TENANT_HEADER, self.tenant))
+        return tuple(pairs)
+
+    def channel(self) -> grpc.Channel:
+        if self.tls_ca is None:
+            return insecure_blocking_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca.read_bytes())
+        return grpc.secure_channel(self.address, credentials, options=CLIENT_OPTIONS)
+
+
+def api_key(home: Path) -> str:
+    """FORGE_API_KEY, else the admin key `forge up` wrote under FORGE_HOME; "" when neither."""
+    if key := os.environ.get("FORGE_API_KEY", "").strip():
+        return key
+    try:
+        return admin_key_path(home).read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
 class Ingested:
     document_id: str
     chunk_count: int
 
 
 def ingest(
-    address: str,
+    router: Router,
     files: Sequence[Path],
-    tenant: str,
     collection: str,
     on_document: Callable[[Ingested], None],
     timeout_s: float | None = None,
@@ -72,10 +108,10 @@ def ingest(
             )
 
     documents = chunks = 0
-    with insecure_blocking_channel(address) as channel:
+    with router.channel() as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
-            for reply in stub.Ingest(requests(), metadata=((TENANT_HEADER, tenant),), timeout=timeout_s):
+            for reply in stub.Ingest(requests(), metadata=router.metadata(), timeout=timeout_s):
                 on_document(Ingested(reply.document_id, reply.chunk_count))
                 documents, chunks = reply.documents_ingested, reply.chunks_ingested
         except grpc.RpcError as err:
@@ -84,9 +120,8 @@ def ingest(
 
 
 def ask(
-    address: str,
+    router: Router,
     question: str,
-    tenant: str,
     collection: str,
     top_k: int,
     max_tokens: int | None,
@@ -102,10 +137,10 @@ def ask(
         params=params,
     )
     summary = router_pb2.ChatSummary()
-    with insecure_blocking_channel(address) as channel:
+    with router.channel() as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
-            for reply in stub.Chat(request, metadata=((TENANT_HEADER, tenant),), timeout=timeout_s):
+            for reply in stub.Chat(request, metadata=router.metadata(), timeout=timeout_s):
                 if reply.HasField("summary"):
                     summary = reply.summary
                 else:

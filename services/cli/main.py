@@ -171,12 +171,26 @@ def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, 
 
 @serve.command("router")
 @_serve_options("router")
+@click.option(
+    "--tls-cert", envvar="FORGE_PUBLIC_TLS_CERT", default="", help="Serve TLS with this certificate."
+)
+@click.option("--tls-key", envvar="FORGE_PUBLIC_TLS_KEY", default="", help="The certificate's private key.")
 @click.pass_obj
-def serve_router(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
+def serve_router(
+    settings: ForgeSettings,
+    host: str,
+    port: int,
+    metrics_port: int,
+    grace_s: float,
+    tls_cert: str,
+    tls_key: str,
+) -> None:
     """Router: admission control and RAG over Milvus (Milvus Lite under FORGE_HOME by default).
-    Env FORGE_ROUTER_* tunes it (downstream addresses, Milvus URI, retrieval and rail policy)."""
+    Env FORGE_ROUTER_* tunes it (downstream addresses, Milvus URI, retrieval and rail policy).
+    Callers need an API key (`forge keys create`); FORGE_AUTH=off turns that off."""
     from services.router.__main__ import SERVICE
 
+    os.environ["FORGE_PUBLIC_TLS_CERT"], os.environ["FORGE_PUBLIC_TLS_KEY"] = tls_cert, tls_key
     _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
 
@@ -190,22 +204,44 @@ def _client_options(f: F) -> F:
         help="Router address (env FORGE_ROUTER).",
     )(f)
     f = click.option(
+        "--tls-ca",
+        envvar="FORGE_ROUTER_CA",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        default=None,
+        help="CA certificate of a router that serves TLS (env FORGE_ROUTER_CA); plaintext without it.",
+    )(f)
+    f = click.option(
         "--collection", default="", help="Collection (default: the router's default collection)."
     )(f)
     f = click.option(
         "--tenant",
         envvar="FORGE_TENANT",
-        default="default",
-        show_default=True,
-        help="Tenant (env FORGE_TENANT).",
+        default="",
+        help="Tenant to act for (env FORGE_TENANT; default: the API key's own). Another tenant "
+        "needs an admin key.",
     )(f)
     return f
+
+
+def _router(settings: ForgeSettings, address: str, tenant: str, tls_ca: Path | None) -> Any:
+    """The router as the CLI reaches it: the key from FORGE_API_KEY, else FORGE_HOME/keys/admin.key."""
+    from services.cli import client
+
+    return client.Router(address, client.api_key(settings.home_dir()), tenant, tls_ca)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_client_options
-def ingest(paths: tuple[Path, ...], tenant: str, collection: str, address: str) -> None:
+@click.pass_obj
+def ingest(
+    settings: ForgeSettings,
+    paths: tuple[Path, ...],
+    tenant: str,
+    collection: str,
+    tls_ca: Path | None,
+    address: str,
+) -> None:
     """Store text and Markdown files as documents (one per file, id = file name; folders are
     searched for .txt/.md files). Ingesting a file again replaces its document."""
     from services.cli import client
@@ -223,10 +259,14 @@ def ingest(paths: tuple[Path, ...], tenant: str, collection: str, address: str) 
             click.echo(f"  {doc.document_id}: {doc.chunk_count} chunks", err=True)
 
         try:
-            documents, chunks = client.ingest(address, files, tenant, collection, stored)
+            documents, chunks = client.ingest(
+                _router(settings, address, tenant, tls_ca), files, collection, stored
+            )
         except client.ClientError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"ingested {documents} documents ({chunks} chunks) for tenant {tenant}")
+    click.echo(
+        f"ingested {documents} documents ({chunks} chunks)" + (f" for tenant {tenant}" if tenant else "")
+    )
 
 
 @cli.command()
@@ -234,15 +274,28 @@ def ingest(paths: tuple[Path, ...], tenant: str, collection: str, address: str) 
 @_client_options
 @click.option("--top-k", type=int, default=0, help="Chunks to retrieve (0 = the router's default).")
 @click.option("--max-tokens", type=int, default=None, help="Longest answer in tokens.")
+@click.pass_obj
 def ask(
-    question: str, tenant: str, collection: str, address: str, top_k: int, max_tokens: int | None
+    settings: ForgeSettings,
+    question: str,
+    tenant: str,
+    collection: str,
+    tls_ca: Path | None,
+    address: str,
+    top_k: int,
+    max_tokens: int | None,
 ) -> None:
     """Ask a question; the answer streams, then its sources."""
     from services.cli import client
 
     try:
         summary = client.ask(
-            address, question, tenant, collection, top_k, max_tokens, lambda t: click.echo(t, nl=False)
+            _router(settings, address, tenant, tls_ca),
+            question,
+            collection,
+            top_k,
+            max_tokens,
+            lambda t: click.echo(t, nl=False),
         )
     except client.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -257,6 +310,84 @@ def ask(
         f"({summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} answer tokens, "
         f"trace {summary.trace_id or '-'})"
     )
+
+
+def _key_store(settings: ForgeSettings) -> Any:
+    from services.common.security.keys import KeyStore
+    from services.common.security.settings import SecuritySettings
+
+    return KeyStore(SecuritySettings().keys_path(settings.home_dir()))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys: each decides its caller's tenant; admin keys may act for any tenant."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant the key acts for.")
+@click.option("--role", type=click.Choice(["tenant", "admin"]), default="tenant", show_default=True)
+@click.pass_obj
+def keys_create(settings: ForgeSettings, tenant: str, role: str) -> None:
+    """Make a key and print it alone on stdout: it is shown once, only its hash is stored."""
+    from services.common.security.keys import KeyStoreError
+
+    store = _key_store(settings)
+    try:
+        key = store.create(tenant, role)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(key)
+    click.echo(f"key {key.split('_')[1]} for tenant {tenant} ({role}) stored in {store.path}", err=True)
+
+
+@keys.command("list")
+@click.pass_obj
+def keys_list(settings: ForgeSettings) -> None:
+    """Every key: id, tenant, role, when made and when revoked."""
+    from services.common.security.keys import KeyStoreError
+
+    store = _key_store(settings)
+    try:
+        records = store.records()
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{'ID':<9} {'TENANT':<24} {'ROLE':<7} {'CREATED':<26} REVOKED")
+    for r in records:
+        click.echo(f"{r.id:<9} {r.tenant:<24} {r.role:<7} {r.created:<26} {r.revoked or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(settings: ForgeSettings, key_id: str) -> None:
+    """Revoke a key; running routers refuse it within 5 s."""
+    from services.common.security.keys import KeyStoreError
+
+    try:
+        record = _key_store(settings).revoke(key_id)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"key {record.id} (tenant {record.tenant}) revoked at {record.revoked}")
+
+
+@cli.group()
+def tls() -> None:
+    """The mesh's private CA and its services' certificates (mutual TLS inside)."""
+
+
+@tls.command("init")
+@click.option("--san", "sans", multiple=True, help="Another name or IP the service certificates carry.")
+@click.option("--renew", is_flag=True, help="Issue every certificate again from the existing CA.")
+@click.pass_obj
+def tls_init(settings: ForgeSettings, sans: tuple[str, ...], renew: bool) -> None:
+    """Make the CA and the certificates that are missing under FORGE_TLS_DIR (FORGE_HOME/tls).
+    Running services pick up renewed certificates for new connections without a restart."""
+    from services.common.security.settings import SecuritySettings
+    from services.common.security.tls import ensure_tls_dir
+
+    tls_dir, issued = ensure_tls_dir(SecuritySettings().tls_path(settings.home_dir()), sans, renew)
+    click.echo(f"{tls_dir.path}: " + (f"issued {', '.join(issued)}" if issued else "nothing to do"))
 
 
 @cli.group()
@@ -314,10 +445,18 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
     show_default=True,
     help="Seconds a service may take to report SERVING.",
 )
+@click.option(
+    "--tls",
+    "public_tls",
+    is_flag=True,
+    help="Serve TLS on the router's port too, with the mesh CA's router certificate "
+    "(clients: --tls-ca FORGE_HOME/tls/ca.crt).",
+)
 @click.pass_obj
-def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: float) -> None:
+def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: float, public_tls: bool) -> None:
     """Start the mesh: every service as its own process on loopback, health-gated, restarted on
-    crash; Ctrl-C stops them all cleanly."""
+    crash; Ctrl-C stops them all cleanly. At first start it makes the mesh's private CA and
+    certificates (FORGE_HOME/tls) and an admin API key (FORGE_HOME/keys/admin.key)."""
     from services.cli.supervisor import ChildSpec, Supervisor, child_env
     from services.common.isolation import mps_startup_warning, service_environment
 
@@ -325,6 +464,7 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     if warning := mps_startup_warning(profile):
         click.echo(f"warning: {warning}", err=True)
     home = settings.home_dir()
+    dialers, tls_dir = _first_start_security(home, public_tls)
     specs = [
         ChildSpec(
             s,
@@ -332,10 +472,14 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
             DEFAULT_GRPC_PORTS[s] + port_offset,
             DEFAULT_METRICS_PORTS[s] + port_offset,
             env=service_environment(profile, s),  # under MPS: the service's pinned memory limit
+            health_dialer=dialers[s],
         )
         for s in MESH_SERVICES
     ]
     env = child_env(settings.profile, str(home))
+    if public_tls:
+        env["FORGE_PUBLIC_TLS_CERT"] = str(tls_dir.cert("router"))
+        env["FORGE_PUBLIC_TLS_KEY"] = str(tls_dir.key("router"))
     # The router reaches the other services on the ports this mesh uses.
     for service in ("llm", "embed", "guardrails"):
         env[f"FORGE_ROUTER_{service.upper()}_ADDRESS"] = f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
@@ -369,6 +513,42 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     click.echo("Forge stopped.")
+
+
+def _first_start_security(home: Path, public_tls: bool) -> tuple[dict[str, Any], Any]:
+    """Make what the secure defaults need and is missing (the CA and certificates, the admin key),
+    saying so. Returns how `forge up` reaches each service's health, and the TLS folder."""
+    import grpc
+
+    from services.common.channels import PLAINTEXT, Dialer
+    from services.common.credentials import dialer_for
+    from services.common.security.keys import KeyStore, ensure_admin_key
+    from services.common.security.settings import SecuritySettings, admin_key_path
+    from services.common.security.tls import ensure_tls_dir
+
+    security = SecuritySettings()
+    tls_dir, issued = ensure_tls_dir(security.tls_path(home))
+    if issued:
+        click.echo(f"made the mesh's private CA and certificates for {', '.join(issued)} in {tls_dir.path}")
+    if security.auth == "keys":
+        keys_file = security.keys_path(home)
+        if ensure_admin_key(KeyStore(keys_file), admin_key_path(home)):
+            click.echo(
+                f"made an admin API key in {admin_key_path(home)} (mode 0600; the CLI uses it unless "
+                f"FORGE_API_KEY is set); `forge keys create --tenant NAME` makes tenant keys"
+            )
+    else:
+        click.echo("warning: API keys are off (FORGE_AUTH=off): any caller may act as any tenant", err=True)
+    if security.internal_tls == "off":
+        click.echo("warning: mutual TLS between services is off (FORGE_INTERNAL_TLS=off)", err=True)
+    internal = dialer_for("client", security, home)
+    dialers: dict[str, Dialer] = {s: internal for s in MESH_SERVICES}
+    dialers["router"] = (
+        Dialer(grpc.ssl_channel_credentials(root_certificates=tls_dir.ca_cert.read_bytes()))
+        if public_tls
+        else PLAINTEXT
+    )
+    return dialers, tls_dir
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import PLAINTEXT, Dialer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class ChildSpec:
     metrics_port: int
     # Variables for this service only, on top of the supervisor's (e.g. its MPS memory limit).
     env: dict[str, str] = field(default_factory=dict)
+    # How the supervisor reaches its health (mutual TLS for llm, embed and guardrails).
+    health_dialer: Dialer = PLAINTEXT
 
     def command(self) -> list[str]:
         return [
@@ -68,9 +70,9 @@ class Child:
     serving: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def wait_serving(address: str, timeout_s: float) -> None:
+async def wait_serving(address: str, timeout_s: float, dialer: Dialer = PLAINTEXT, service: str = "") -> None:
     """Block until the server at `address` reports SERVING through grpc.health.v1 Watch."""
-    async with insecure_channel(address) as channel:
+    async with dialer.channel(address, service) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -126,7 +128,9 @@ class Supervisor:
             await self._spawn(child)
             assert child.process is not None
             address = f"{child.spec.host}:{child.spec.port}"
-            gate = asyncio.create_task(wait_serving(address, self.start_timeout_s))
+            gate = asyncio.create_task(
+                wait_serving(address, self.start_timeout_s, child.spec.health_dialer, child.spec.service)
+            )
             exited = asyncio.create_task(child.process.wait())
             stop = asyncio.create_task(self._stopping.wait())
             await asyncio.wait({gate, exited, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -16,11 +16,12 @@ GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS). vLLM's gRPC server passe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 
-ChannelOptions = tuple[tuple[str, int], ...]
+ChannelOptions = tuple[tuple[str, int | str], ...]
 
 # Generous but bounded: an oversized message is refused by the transport, not by a crash.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -66,6 +67,41 @@ CLIENT_OPTIONS: ChannelOptions = (
     # A call waiting on a long prefill receives no data; the default stops pinging after 2 pings.
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+@dataclass(frozen=True)
+class Dialer:
+    """How this process reaches the mesh's other services: plaintext (no credentials), or mutual
+    TLS presenting this service's certificate. With TLS the peer is verified by its service name
+    (`llm`, `embed`, ...), which its certificate carries, whatever address is dialled."""
+
+    credentials: grpc.ChannelCredentials | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.credentials is not None
+
+    def _options(self, service: str) -> ChannelOptions:
+        if self.credentials is None:
+            return CLIENT_OPTIONS
+        return (*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", service))
+
+    def channel(
+        self, address: str, service: str, interceptors: Sequence[aio.ClientInterceptor] | None = None
+    ) -> aio.Channel:
+        if self.credentials is None:
+            return insecure_channel(address, interceptors)
+        return aio.secure_channel(
+            address, self.credentials, options=self._options(service), interceptors=interceptors
+        )
+
+    def blocking_channel(self, address: str, service: str) -> grpc.Channel:
+        if self.credentials is None:
+            return insecure_blocking_channel(address)
+        return grpc.secure_channel(address, self.credentials, options=self._options(service))
+
+
+PLAINTEXT = Dialer()
 
 
 def insecure_channel(

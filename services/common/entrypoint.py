@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
+from services.common.channels import Dialer
 from services.common.config import ConfigError, SkuProfile, load_profile
+from services.common.credentials import SecurityError, dialer_for, is_loopback, server_security
+from services.common.security.settings import SecuritySettings
 from services.common.server import ServerOptions, ServiceApp, configure_logging, run_service
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
 class ServiceEntry:
-    """How a service is built from the SKU profile and FORGE_HOME. `configuration` names what a
-    ValueError from `build` is about (its FORGE_<NAME>_* settings, its policy)."""
+    """How a service is built from the SKU profile, FORGE_HOME and the way it dials the other
+    services. `configuration` names what a ValueError from `build` is about (its
+    FORGE_<NAME>_* settings, its policy)."""
 
     name: str
-    build: Callable[[SkuProfile, Path], ServiceApp]
+    build: Callable[[SkuProfile, Path, Dialer], ServiceApp]
     configuration: str
 
 
@@ -46,11 +53,20 @@ def serve(entry: ServiceEntry, settings: ForgeSettings, options: ServerOptions) 
         profile = load_profile(settings.profile)
     except ConfigError as exc:
         raise ServeError(str(exc)) from exc
+    home = settings.home_dir()
     try:
-        app = entry.build(profile, settings.home_dir())
+        security_settings = SecuritySettings()
+        security = server_security(entry.name, security_settings, home)
+        dialer = dialer_for(entry.name, security_settings, home)
+    except (SecurityError, ValueError, OSError) as exc:
+        raise ServeError(f"security settings: {exc}") from exc
+    if security.keys is None and security.transport == "plaintext" and not is_loopback(options.host):
+        log.warning("%s serves plaintext without API keys on %s", entry.name, options.host)
+    try:
+        app = entry.build(profile, home, dialer)
     except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
         raise ServeError(f"invalid {entry.configuration}:\n{exc}") from exc
-    return asyncio.run(run_service(app, profile, options))
+    return asyncio.run(run_service(app, profile, replace(options, security=security)))
 
 
 def serve_main(entry: ServiceEntry, argv: Sequence[str] | None = None) -> NoReturn:

@@ -49,3 +49,11 @@ class NotFound(ForgeError):
 class Internal(ForgeError):
     """This server's own fault, said in words (e.g. a dependency rejected a request this server
     built): INTERNAL, never blamed on the caller's input."""
+
+
+class Unauthenticated(ForgeError):
+    """No API key, or one that is not valid (unknown, malformed, revoked)."""
+
+
+class PermissionDenied(ForgeError):
+    """A valid key asking for what it may not do (another tenant, an admin RPC)."""

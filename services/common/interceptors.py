@@ -11,18 +11,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
 
 from services.common import metrics
-from services.common.errors import ForgeError, Internal, Unavailable
+from services.common.errors import ForgeError, Internal, PermissionDenied, Unauthenticated, Unavailable
+from services.common.security.access import CURRENT_CALLER, authorize
+from services.common.security.keys import KeyRing
 from services.common.status import internal_status, status_for
 
 log = logging.getLogger(__name__)
 
 UNWRAPPED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Calls that need no API key: health, for load balancers and Kubernetes probes.
+OPEN_PREFIXES = ("/grpc.health.v1.",)
+# The caller names the tenant it acts for (its own, or any with an admin key).
+TENANT_HEADER = "x-forge-tenant"
 
 Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Any]
 
@@ -31,11 +38,14 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def _wrap(
-    handler: Handler, unary: Callable[[Behavior], Behavior], stream: Callable[[Behavior], Behavior]
+    handler: Handler,
+    unary: Callable[[Behavior], Behavior],
+    stream: Callable[[Behavior], Behavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
     """The same handler with its behaviour wrapped; `stream` wraps response-streaming ones."""
     kwargs: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     # Under grpc.aio the behaviours are coroutine functions or async generators.
@@ -225,3 +235,145 @@ class DrainInterceptor(_WrappingInterceptor):
                 self._leave()
 
         return call
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request body that does not parse becomes, so the call can be refused in words."""
+
+    message_type: str
+    error: str
+
+
+def _message_type(deserializer: Callable[[bytes], Any] | None, method: str) -> str:
+    cls = getattr(deserializer, "__self__", None)  # FooRequest.FromString
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return str(descriptor.full_name) if descriptor is not None else f"the request of {method}"
+
+
+class DecodingInterceptor(aio.ServerInterceptor):
+    """A body that is not the request message gets INVALID_ARGUMENT naming the message type, on
+    every method (health and reflection too). grpc.aio decodes before any handler runs and would
+    answer UNKNOWN "Unexpected <class 'DecodeError'>"."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        deserializer = handler.request_deserializer if handler is not None else None
+        if handler is None or deserializer is None:
+            return handler
+        type_name = _message_type(deserializer, handler_call_details.method)
+
+        def decode(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except Exception as exc:  # DecodeError, and anything a custom deserializer raises
+                return Undecodable(type_name, str(exc) or type(exc).__name__)
+
+        def refuse_message(bad: Undecodable) -> str:
+            return f"request body is not a valid {bad.message_type}: {bad.error}"
+
+        async def checked(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
+            async for request in requests:
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_message(request))
+                yield request
+
+        streaming_requests = handler.request_streaming
+
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                if streaming_requests:
+                    return await behavior(checked(request, context), context)
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_message(request))
+                return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if streaming_requests:
+                    request = checked(request, context)
+                elif isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refuse_message(request))
+                async for item in _drain(behavior(request, context)):
+                    yield item
+
+            return call
+
+        return _wrap(handler, unary, stream, decode)
+
+
+def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the same kind that refuses without reading the request."""
+
+    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(stream)
+    return grpc.unary_unary_rpc_method_handler(unary)
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """API keys on a public port, checked before anything else reads the call: a refused call is
+    never decoded, traced or counted as work. Health stays open for probes. Each call let through
+    runs with its `Caller` in CURRENT_CALLER."""
+
+    def __init__(self, keys: KeyRing, admin_services: frozenset[str]) -> None:
+        self.keys = keys
+        self.admin_services = admin_services
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        authorization = tenant = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else value.decode(errors="replace")
+            elif key == TENANT_HEADER:
+                tenant = value if isinstance(value, str) else value.decode(errors="replace")
+        service = method.lstrip("/").partition("/")[0]
+        try:
+            caller = authorize(self.keys, authorization, tenant, service in self.admin_services)
+        except Unauthenticated as exc:
+            metrics.AUTH_REFUSALS.labels("unauthenticated").inc()
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except PermissionDenied as exc:
+            metrics.AUTH_REFUSALS.labels("permission_denied").inc()
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                CURRENT_CALLER.set(caller)
+                return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                CURRENT_CALLER.set(caller)
+                async for item in _drain(behavior(request, context)):
+                    yield item
+
+            return call
+
+        return _wrap(handler, unary, stream)

@@ -28,6 +28,8 @@ GRPC_HANDLING_SECONDS = Histogram(
     ["grpc_service", "grpc_method"],
     buckets=RPC_BUCKETS,
 )
+# Calls the API-key check refused before any work (reason: unauthenticated, permission_denied).
+AUTH_REFUSALS = Counter("forge_auth_refusals", "Calls refused by the API-key check.", ["reason"])
 
 
 @dataclass

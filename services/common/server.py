@@ -28,9 +28,16 @@ from prometheus_client import REGISTRY
 from services.common import telemetry
 from services.common.channels import SERVER_OPTIONS, ChannelOptions
 from services.common.config import SkuProfile
+from services.common.credentials import ServerSecurity
 from services.common.gpu import OVER_SLICE, read_gpu_snapshot, slice_usage
 from services.common.gpu_metrics import GpuMemoryCollector
-from services.common.interceptors import DrainInterceptor, ErrorMappingInterceptor, MetricsInterceptor
+from services.common.interceptors import (
+    AuthInterceptor,
+    DecodingInterceptor,
+    DrainInterceptor,
+    ErrorMappingInterceptor,
+    MetricsInterceptor,
+)
 from services.common.metrics import MetricsEndpoint, serve_metrics
 from services.common.ops import OpsServicer
 
@@ -75,6 +82,12 @@ class ServerOptions:
     gpu_watch_interval_s: float | None = 15.0
     # gRPC channel arguments (keepalive, message limits); tests shorten the ping intervals.
     channel_args: ChannelOptions = SERVER_OPTIONS
+    # TLS and API keys. The default (plaintext, no keys) is for in-process tests; a service run
+    # as a process (entrypoint.serve) gets the secure settings: mTLS inside, keys on the router.
+    security: ServerSecurity = ServerSecurity()  # noqa: RUF009 - frozen, shared safely
+    # Calls in flight beyond this are refused by gRPC with RESOURCE_EXHAUSTED before any handler
+    # runs: a flood of slow streams cannot exhaust the process.
+    maximum_concurrent_rpcs: int | None = 512
 
 
 def forge_version() -> str:
@@ -111,16 +124,37 @@ class ForgeServer:
     def address(self) -> str:
         return f"{self.options.host}:{self.port}"
 
+    def _interceptors(self) -> list[aio.ServerInterceptor]:
+        security = self.options.security
+        # Outermost first: a refused key costs a metadata lookup and a hash, nothing more.
+        auth: list[aio.ServerInterceptor] = []
+        if security.keys is not None:
+            admin = frozenset({*getattr(self.app, "admin_service_names", ()), OPS_SERVICE})
+            auth.append(AuthInterceptor(security.keys, admin))
+        return [
+            *auth,
+            telemetry.server_interceptor(),
+            MetricsInterceptor(),
+            self._drain,
+            DecodingInterceptor(),
+            ErrorMappingInterceptor(),
+        ]
+
+    def _info_settings(self) -> Mapping[str, str]:
+        security = self.options.security
+        return {**self.app.settings_summary(), "transport": security.transport, "auth": security.auth}
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: read the TLS files again for the next connections."""
+        self.options.security.reload()
+        log.info("%s: TLS files will be read again for new connections", self.app.name)
+
     async def start(self) -> None:
         telemetry.configure_tracing(self.app.name)
         server = aio.server(
-            interceptors=[
-                telemetry.server_interceptor(),
-                MetricsInterceptor(),
-                self._drain,
-                ErrorMappingInterceptor(),
-            ],
+            interceptors=self._interceptors(),
             options=self.options.channel_args,
+            maximum_concurrent_rpcs=self.options.maximum_concurrent_rpcs,
         )
         self.app.register(server)
         bind_health = getattr(self.app, "bind_health", None)
@@ -134,14 +168,19 @@ class ForgeServer:
                 isolation=self.profile.isolation.value,
                 slice_fraction=self.profile.slices.of(self.app.name),
                 compute_device=self.app.compute_device,
-                settings=self.app.settings_summary,
+                settings=self._info_settings,
             ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [*self.app.grpc_service_names, OPS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        address = f"{self.options.host}:{self.options.port}"
+        credentials = self.options.security.credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind {self.options.host}:{self.options.port}")
         await self._set_serving(False)
@@ -154,7 +193,13 @@ class ForgeServer:
             watch = asyncio.create_task(self._watch_gpu_slice(self.options.gpu_watch_interval_s))
             self._background.add(watch)
             watch.add_done_callback(self._background.discard)
-        log.info("%s listening on %s", self.app.name, self.address)
+        log.info(
+            "%s listening on %s (%s, API keys %s)",
+            self.app.name,
+            self.address,
+            self.options.security.transport,
+            self.options.security.auth,
+        )
 
     async def _watch_gpu_slice(self, interval_s: float) -> None:
         """Feed the over-slice alarm (a warning per transition) until stop; end where no GPU is."""
@@ -223,6 +268,7 @@ async def run_service(app: ServiceApp, profile: SkuProfile, options: ServerOptio
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     await server.start()
     announce(
         "listening",

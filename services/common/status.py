@@ -18,7 +18,9 @@ from services.common.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -63,6 +65,10 @@ def status_for(error: ForgeError) -> grpc.Status:
         code = code_pb2.DEADLINE_EXCEEDED
     elif isinstance(error, NotFound):
         code = code_pb2.NOT_FOUND
+    elif isinstance(error, Unauthenticated):
+        code = code_pb2.UNAUTHENTICATED
+    elif isinstance(error, PermissionDenied):
+        code = code_pb2.PERMISSION_DENIED
     elif isinstance(error, Internal):
         code = code_pb2.INTERNAL
     else:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.common.channels import Dialer
 from services.common.config import SkuProfile
 from services.common.entrypoint import ServiceEntry, serve_main
 from services.embed.app import EmbedApp
 from services.embed.settings import EmbedSettings
 
 
-def build(profile: SkuProfile, home: Path) -> EmbedApp:
+def build(profile: SkuProfile, home: Path, dialer: Dialer) -> EmbedApp:
     return EmbedApp(profile, EmbedSettings())
 
 

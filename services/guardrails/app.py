@@ -13,6 +13,7 @@ from pathlib import Path
 from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from grpc import aio
 
+from services.common.channels import PLAINTEXT, Dialer
 from services.common.config import Isolation, SkuProfile
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails, load_parts
@@ -26,8 +27,15 @@ GUARDRAILS_SERVICE = guardrails_pb2.DESCRIPTOR.services_by_name["GuardrailsServi
 class GuardrailsApp:
     name = "guardrails"
 
-    def __init__(self, profile: SkuProfile, home: Path, settings: GuardrailsSettings | None = None) -> None:
+    def __init__(
+        self,
+        profile: SkuProfile,
+        home: Path,
+        settings: GuardrailsSettings | None = None,
+        dialer: Dialer = PLAINTEXT,
+    ) -> None:
         self.profile = profile
+        self.dialer = dialer  # the judge rail's way to the LLM service
         self.home = home
         self.settings = settings or GuardrailsSettings()
         self.policy = load_policy(self.settings.policy_path)
@@ -51,7 +59,7 @@ class GuardrailsApp:
             self.settings.train_if_missing,
             self.profile.isolation != Isolation.NONE,
         )
-        rails = await asyncio.to_thread(build_rails, self.policy, self.parts)
+        rails = await asyncio.to_thread(build_rails, self.policy, self.parts, self.dialer)
         guard = Guard(self.policy, rails)
         # Warm every rail once (lazy model initialisation would otherwise eat the first caller's
         # rail timeouts), before health reports SERVING.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.channels import PLAINTEXT, Dialer
 from services.guardrails.encoder import TextEncoder
 from services.guardrails.policy import Policy, PolicyError
 from services.guardrails.rails.base import Rail
@@ -61,7 +62,7 @@ def load_parts(
     return parts
 
 
-def build_rails(policy: Policy, parts: Parts) -> dict[str, Rail]:
+def build_rails(policy: Policy, parts: Parts, dialer: Dialer = PLAINTEXT) -> dict[str, Rail]:
     rails: dict[str, Rail] = {}
     for name in policy.used_rails():
         cfg = policy.rails[name]
@@ -97,7 +98,7 @@ def build_rails(policy: Policy, parts: Parts) -> dict[str, Rail]:
                 raise PolicyError(str(exc)) from exc
         elif kind == "judge":
             try:
-                judge_config = JudgeConfig(cfg.address, cfg.timeout_ms / 1000, cfg.max_tokens)
+                judge_config = JudgeConfig(cfg.address, cfg.timeout_ms / 1000, cfg.max_tokens, dialer)
                 rail = JudgeRail(name, make_judge(cfg.backend, judge_config), cfg.threshold)
             except UnknownJudgeBackend as exc:
                 raise PolicyError(f"rails.{name}: {exc}") from exc

@@ -7,10 +7,12 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from forge.v1 import router_pb2, router_pb2_grpc
 from grpc import aio
 
+from services.common.channels import PLAINTEXT, Dialer
 from services.common.config import SkuProfile
 from services.common.errors import Unavailable
 from services.router.admission import AdmissionController
@@ -40,12 +42,31 @@ def default_milvus_uri(home: Path) -> str:
     return str(home / "milvus" / "forge.db")
 
 
+def redact_uri(uri: str) -> str:
+    """The URI without credentials (user:password@) or query parameters (tokens), for GetInfo."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc:
+        return uri  # a local Milvus Lite path
+    host = parts.hostname or ""
+    netloc = ("***@" if parts.username or parts.password else "") + host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
 class RouterApp:
     name = "router"
 
-    def __init__(self, profile: SkuProfile, home: Path, settings: RouterSettings | None = None) -> None:
+    def __init__(
+        self,
+        profile: SkuProfile,
+        home: Path,
+        settings: RouterSettings | None = None,
+        dialer: Dialer = PLAINTEXT,
+    ) -> None:
         self.profile = profile
         self.settings = settings or RouterSettings()
+        self.dialer = dialer
         self.milvus_uri = self.settings.milvus_uri or default_milvus_uri(home)
         self.admission = AdmissionController(profile.admission)
         self._parts: RouterParts | None = None
@@ -56,6 +77,11 @@ class RouterApp:
     @property
     def grpc_service_names(self) -> Sequence[str]:
         return [ROUTER_SERVICE, ADMIN_SERVICE]
+
+    @property
+    def admin_service_names(self) -> Sequence[str]:
+        """Services that need an admin key (the kit adds its OpsService)."""
+        return [ADMIN_SERVICE]
 
     def _service_channels(self) -> dict[str, aio.Channel]:
         """Every downstream process, for the GPU ledger: each LLM replica on its own."""
@@ -82,13 +108,13 @@ class RouterApp:
         s = self.settings
         self._llm = LlmPool(
             parse_addresses(s.llm_addresses) or [s.llm_address],
-            open_channel,
+            lambda address: open_channel(address, "llm", self.dialer),
             GrpcLlm,
             s.llm_replica_cooldown_s,
         )
         self._channels = {
-            "embed": open_channel(s.embed_address),
-            "guardrails": open_channel(s.guardrails_address),
+            "embed": open_channel(s.embed_address, "embed", self.dialer),
+            "guardrails": open_channel(s.guardrails_address, "guardrails", self.dialer),
         }
         embeddings = GrpcEmbeddings(self._channels["embed"])
         await self._check_dimension(embeddings)
@@ -146,7 +172,8 @@ class RouterApp:
         s = self.settings
         a = self.profile.admission
         return {
-            "milvus_uri": self.milvus_uri,
+            "milvus_uri": redact_uri(self.milvus_uri),
+            "milvus_token": "set" if s.milvus_token else "",
             "llm": s.llm_addresses or s.llm_address,
             "embed": s.embed_address,
             "guardrails": s.guardrails_address,

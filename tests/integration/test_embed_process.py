@@ -26,8 +26,8 @@ async def embed_process() -> AsyncIterator[ServiceProcess]:
     await process.kill()
 
 
-async def watch_health(address: str, seen: list[int]) -> None:
-    async with aio.insecure_channel(address) as channel:
+async def watch_health(process: ServiceProcess, seen: list[int]) -> None:
+    async with process.channel() as channel:
         async for reply in health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service="")
         ):
@@ -36,16 +36,15 @@ async def watch_health(address: str, seen: list[int]) -> None:
 
 async def test_health_then_sigterm_drains_in_flight_calls(embed_process: ServiceProcess) -> None:
     listening = await embed_process.start()
-    address = f"127.0.0.1:{listening['port']}"
     metrics_url = f"http://127.0.0.1:{listening['metrics_port']}/metrics"
     seen: list[int] = []
-    watcher = asyncio.create_task(watch_health(address, seen))
+    watcher = asyncio.create_task(watch_health(embed_process, seen))
     await wait_until(lambda: len(seen) > 0, 30, "first health status")
     assert seen[0] == NOT_SERVING  # listening, model not loaded yet (importing torch takes seconds)
     await embed_process.next_event("serving")
     await wait_until(lambda: SERVING in seen, 30, "SERVING on the health watch")
 
-    async with aio.insecure_channel(address) as channel:
+    async with embed_process.channel() as channel:
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         texts = [f"document {i} about graceful shutdown of gRPC services" for i in range(64)]
         calls = [asyncio.ensure_future(stub.Embed(embed_pb2.EmbedRequest(texts=texts))) for _ in range(4)]
@@ -73,8 +72,8 @@ async def test_health_then_sigterm_drains_in_flight_calls(embed_process: Service
 
 
 async def test_calls_while_loading_are_unavailable_not_hung(embed_process: ServiceProcess) -> None:
-    listening = await embed_process.start()
-    async with aio.insecure_channel(f"127.0.0.1:{listening['port']}") as channel:
+    await embed_process.start()
+    async with embed_process.channel() as channel:
         with pytest.raises(aio.AioRpcError) as early:
             await embed_pb2_grpc.EmbedServiceStub(channel).Embed(
                 embed_pb2.EmbedRequest(texts=["hi"]), timeout=10

@@ -35,14 +35,13 @@ async def llm_process() -> AsyncIterator[ServiceProcess]:
 
 
 async def test_engine_death_is_unavailable_and_not_serving(llm_process: ServiceProcess) -> None:
-    listening = await llm_process.start()
+    await llm_process.start()
     await llm_process.next_event("serving", timeout_s=300)
-    address = f"127.0.0.1:{listening['port']}"
     assert llm_process.proc is not None
     engine_processes = psutil.Process(llm_process.proc.pid).children(recursive=True)
     assert engine_processes, "vLLM runs its engine core in child processes"
 
-    async with aio.insecure_channel(address) as channel:
+    async with llm_process.channel() as channel:
         llm = llm_pb2_grpc.LlmServiceStub(channel)
         request = llm_pb2.GenerateRequest(
             prompt="1, 2, 3,", params=common_pb2.SamplingParams(max_tokens=1000, temperature=0)

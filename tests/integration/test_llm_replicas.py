@@ -16,7 +16,15 @@ from grpc import aio
 from services.common.config import load_profile
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings
-from tests.helpers import ServiceProcess, forge_test_home, free_port, metric_value, scrape, serving
+from tests.helpers import (
+    ServiceProcess,
+    forge_test_home,
+    free_port,
+    mesh_dialer,
+    metric_value,
+    scrape,
+    serving,
+)
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra: llamacpp)")
 
@@ -76,7 +84,7 @@ async def test_sessions_spread_and_move_off_a_dead_replica(
         guardrails_enabled=False,
         llm_replica_cooldown_s=60,
     )
-    app = RouterApp(load_profile("cpu", environ={}), tmp_path, settings)
+    app = RouterApp(load_profile("cpu", environ={}), tmp_path, settings, mesh_dialer("router"))
     async with serving(app) as server, aio.insecure_channel(server.address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         before = [finished(url) for _, _, url in replicas]

@@ -42,7 +42,7 @@ async def guardrails() -> AsyncIterator[GrpcGuardrails]:
     guardrails_pb2_grpc.add_GuardrailsServiceServicer_to_server(FailingGuardrails(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = open_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", "guardrails")
     yield GrpcGuardrails(channel)
     await channel.close()
     await server.stop(None)

@@ -23,7 +23,7 @@ import grpc
 from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 from services.common import telemetry
-from services.common.channels import insecure_blocking_channel
+from services.common.channels import PLAINTEXT, Dialer
 from services.guardrails.normalize import Normalized
 from services.guardrails.rails.base import Hit
 
@@ -49,6 +49,8 @@ class JudgeConfig:
     address: str  # host:port of the backend service
     timeout_s: float  # the rail's timeout: the call's deadline
     max_tokens: int  # tokens the judge may answer with
+    # How to reach the backend: mutual TLS with this service's certificate inside the mesh.
+    dialer: Dialer = PLAINTEXT
 
 
 class JudgeError(RuntimeError):
@@ -151,7 +153,7 @@ class LlmServiceJudge:
         self.address = config.address or DEFAULT_LLM_ADDRESS
         self.timeout_s = config.timeout_s
         self.max_tokens = config.max_tokens
-        channel = insecure_blocking_channel(self.address)
+        channel = config.dialer.blocking_channel(self.address, "llm")
         # The rail runs in a worker thread that carries the request's context: the judge's call
         # joins the request's trace.
         traced = grpc.intercept_channel(channel, telemetry.sync_client_interceptor(self.address))

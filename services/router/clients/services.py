@@ -45,9 +45,10 @@ from services.router.ports import (
 from services.router.wire import DECISION_FROM_PB, FINISH_FROM_PB, PRIORITY_TO_PB, STAGE_TO_PB
 
 
-def open_channel(address: str) -> aio.Channel:
-    """A channel with the tracing interceptors, so the trace continues into the service."""
-    return channels.insecure_channel(address, interceptors=telemetry.client_interceptors(address))
+def open_channel(address: str, service: str, dialer: channels.Dialer = channels.PLAINTEXT) -> aio.Channel:
+    """A channel to `service` (mutual TLS when the dialer has credentials) with the tracing
+    interceptors, so the trace continues into the service."""
+    return dialer.channel(address, service, interceptors=telemetry.client_interceptors(address))
 
 
 def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None = None) -> ForgeError:
