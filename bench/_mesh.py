@@ -31,9 +31,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import psutil  # noqa: E402
 from forge.v1 import llm_pb2, llm_pb2_grpc  # noqa: E402
+from grpc import aio  # noqa: E402
 
 from services.cli.supervisor import wait_serving  # noqa: E402
-from services.common.channels import insecure_channel  # noqa: E402
+from services.common.channels import Dialer  # noqa: E402
+from services.common.credentials import dialer_for  # noqa: E402
+from services.common.security.keys import KeyStore, ensure_admin_key  # noqa: E402
+from services.common.security.settings import SecuritySettings, admin_key_path  # noqa: E402
+from services.common.security.tls import ensure_tls_dir  # noqa: E402
 
 # Model and guardrail heads already prepared by the test suite.
 DEFAULT_HOME = REPO_ROOT / ".cache" / "forge-test-home"
@@ -63,6 +68,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def client_dialer(home: Path = DEFAULT_HOME) -> Dialer:
+    """Mutual TLS into services run with the secure defaults under `home` (the CA and
+    certificates are made as `forge up` makes them)."""
+    ensure_tls_dir(home / "tls")
+    return dialer_for("client", SecuritySettings(internal_tls="mtls", tls_dir=str(home / "tls")), home)
+
+
+def admin_key(home: Path = DEFAULT_HOME) -> str:
+    """The admin API key under `home` (made at first use, as `forge up` does)."""
+    ensure_admin_key(KeyStore(home / "keys" / "keys.yaml"), admin_key_path(home))
+    return admin_key_path(home).read_text().strip()
+
+
+def router_metadata(key: str, tenant: str) -> tuple[tuple[str, str], ...]:
+    """What a caller of the router sends: its API key and the tenant it acts for."""
+    return (("authorization", f"Bearer {key}"), ("x-forge-tenant", tenant))
 
 
 @dataclass
@@ -102,6 +125,23 @@ class Mesh:
             **(env or {}),
         }
         self.services: dict[str, Service] = {}
+        # The services run with the secure defaults: mutual TLS inside, API keys on routers.
+        self.env.pop("FORGE_AUTH", None)
+        self.env.pop("FORGE_INTERNAL_TLS", None)
+        self.dialer = client_dialer(home)
+        self.api_key = admin_key(home)
+
+    def channel(self, service: Service) -> aio.Channel:
+        """A channel to a service as clients reach it: a router's public port in plaintext, the
+        others over mutual TLS with the operators' certificate."""
+        return (
+            self.dialer.channel(service.address, service.kind)
+            if service.kind != "router"
+            else (aio.insecure_channel(service.address))
+        )
+
+    def metadata(self, tenant: str) -> tuple[tuple[str, str], ...]:
+        return router_metadata(self.api_key, tenant)
 
     async def __aenter__(self) -> Mesh:
         return self
@@ -139,7 +179,8 @@ class Mesh:
 
     async def ready(self, service: Service, timeout_s: float = START_TIMEOUT_S) -> None:
         """SERVING through grpc health, or an error with the log's tail if it exits or times out."""
-        gate = asyncio.ensure_future(wait_serving(service.address, timeout_s))
+        dialer = self.dialer if service.kind != "router" else Dialer()
+        gate = asyncio.ensure_future(wait_serving(service.address, timeout_s, dialer, service.kind))
         exited = asyncio.ensure_future(service.process.wait())
         try:
             await asyncio.wait({gate, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -213,9 +254,9 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / 1e9
 
 
-async def model_line(llm_address: str) -> str:
+async def model_line(llm_address: str, dialer: Dialer) -> str:
     """One line of environment: cores, model and engine, Python."""
-    async with insecure_channel(llm_address) as channel:
+    async with dialer.channel(llm_address, "llm") as channel:
         info = await llm_pb2_grpc.LlmServiceStub(channel).GetModelInfo(
             llm_pb2.GetModelInfoRequest(), timeout=10
         )

@@ -23,9 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _mesh import DEFAULT_HOME, client_dialer  # noqa: E402
 from forge.v1 import embed_pb2, embed_pb2_grpc  # noqa: E402
-
-from services.common.channels import insecure_channel  # noqa: E402
 
 TARGET_AT_32 = 0.7
 SUBJECTS = ["The appliance", "A Jetson Thor", "The router", "Milvus", "The guardrails service", "An operator"]
@@ -66,7 +65,7 @@ async def start_server() -> tuple[asyncio.subprocess.Process, str]:
         "-1",
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "FORGE_HOME": str(DEFAULT_HOME)},
     )
     assert proc.stdout is not None
     port = None
@@ -97,7 +96,7 @@ def offline_rate(texts: list[str], rounds: int) -> float:
 
 async def served_rate(address: str, texts: list[str], clients: int, rounds: int) -> tuple[float, float]:
     """Sentences/s and p50 latency (ms) with `clients` callers each sending one text per call."""
-    async with insecure_channel(address) as channel:
+    async with client_dialer().channel(address, "embed") as channel:  # mutual TLS, as the router
         stub = embed_pb2_grpc.EmbedServiceStub(channel)
         await stub.Embed(embed_pb2.EmbedRequest(texts=texts[:4]))  # warm-up
         rates, latencies = [], []

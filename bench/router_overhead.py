@@ -42,7 +42,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
+from _mesh import (
+    DEFAULT_HOME,
+    Mesh,
+    admin_key,
+    cpu_seconds,
+    install_stop_signals,
+    model_line,
+    percentile,
+    process_tree,
+    router_metadata,
+)
 from forge.v1 import (
     common_pb2,
     embed_pb2,
@@ -56,7 +66,6 @@ from forge.v1 import (
 )
 from grpc import aio
 
-from services.common.channels import insecure_channel
 from services.router.budget import context_budget
 from services.router.chunking import Chunker, ChunkingConfig
 from services.router.clients.milvus_store import VectorStore
@@ -71,7 +80,8 @@ CLIENT = "client"
 SERVICES = "services"
 NOTRACE = "router, sampler off"
 ROUTER_SERVICES = {"router": "router", NOTRACE: "router-notrace"}  # arm -> its router's process name
-METADATA = (("x-forge-tenant", TENANT),)
+# The mesh runs with API keys on: the benchmark calls as the admin of its FORGE_HOME.
+METADATA = router_metadata(admin_key(DEFAULT_HOME), TENANT)
 TARGET_P50_MS = 2.0
 CALL_TIMEOUT_S = 30.0
 QUESTION = "What is the access code for the Zephyr vault?"
@@ -565,6 +575,8 @@ async def main() -> int:
         channels: dict[str, aio.Channel] = {}
         store: VectorStore | None = None
         async with Mesh(workdir, args.home) as mesh:
+            global METADATA
+            METADATA = mesh.metadata(TENANT)  # the admin key of --home
             try:
                 started = time.perf_counter()
                 llm, embed, guardrails = await mesh.start_backends()
@@ -588,12 +600,12 @@ async def main() -> int:
                     await mesh.ready(service)
                 print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
                 for name in ("llm", "embed", "guardrails"):
-                    channels[name] = insecure_channel(mesh.services[name].address)
+                    channels[name] = mesh.channel(mesh.services[name])
                 direct = Direct(channels, store, settings, args.max_tokens, args.top_k)
                 arms: dict[str, Arm] = {}
                 chunk_counts = []
                 for name, service in routers.items():
-                    channels[name] = insecure_channel(service.address)
+                    channels[name] = mesh.channel(service)
                     stub = router_pb2_grpc.RouterServiceStub(channels[name])
                     chunk_counts.append(await ingest_via_router(stub, DOCUMENTS))
                     arms[name] = router_arm(stub, request)
@@ -614,7 +626,7 @@ async def main() -> int:
                     await concurrent(
                         arms, samples, args.clients, args.concurrent_requests, args.rounds, meter
                     )
-                env_line = await model_line(llm.address)
+                env_line = await model_line(llm.address, mesh.dialer)
             finally:
                 for channel in channels.values():
                     await channel.close()

@@ -193,12 +193,13 @@ class ForgeServer:
             watch = asyncio.create_task(self._watch_gpu_slice(self.options.gpu_watch_interval_s))
             self._background.add(watch)
             watch.add_done_callback(self._background.discard)
+        security = self.options.security
         log.info(
-            "%s listening on %s (%s, API keys %s)",
+            "%s listening on %s (%s; %s)",
             self.app.name,
             self.address,
-            self.options.security.transport,
-            self.options.security.auth,
+            security.transport,
+            "API keys required" if security.auth == "keys" else "no API keys",
         )
 
     async def _watch_gpu_slice(self, interval_s: float) -> None:

@@ -20,8 +20,9 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.supervisor import wait_serving
+from services.common.security.settings import admin_key_path
 from services.common.settings import DEFAULT_GRPC_PORTS
-from tests.helpers import REPO_ROOT, forge_test_home, free_port
+from tests.helpers import REPO_ROOT, Completed, bearer, forge_test_home, free_port, mesh_dialer
 
 
 def pid_alive(pid: int) -> bool:
@@ -74,8 +75,9 @@ async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: f
             return lines
 
 
-async def forge_cli(*args: str, timeout_s: float = 180) -> str:
-    """Run a `forge` client command; its stdout, after asserting it succeeded."""
+async def run_forge(*args: str, env: dict[str, str] | None = None, timeout_s: float = 180) -> Completed:
+    """A `forge` command as a user types it, with the test FORGE_HOME (where `forge up` put the
+    admin key the CLI uses by default)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,15 +86,34 @@ async def forge_cli(*args: str, timeout_s: float = 180) -> str:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
+        env={**os.environ, "FORGE_HOME": str(forge_test_home()), **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode == 0, f"forge {' '.join(args)} failed: {err.decode()[-2000:]}"
-    return out.decode()
+    assert proc.returncode is not None
+    return Completed(proc.returncode, out.decode(), err.decode())
 
 
-async def embed_pid(address: str) -> int:
-    async with aio.insecure_channel(address) as channel:
-        info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(ops_pb2.GetInfoRequest(), timeout=10)
+async def forge_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 180) -> str:
+    """Run a `forge` client command; its stdout, after asserting it succeeded."""
+    done = await run_forge(*args, env=env, timeout_s=timeout_s)
+    assert done.returncode == 0, f"forge {' '.join(args)} failed: {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def admin_metadata() -> tuple[tuple[str, str], ...]:
+    return bearer(admin_key_path(forge_test_home()).read_text().strip())
+
+
+async def service_pid(address: str, service: str) -> int:
+    """The pid behind a port, from its OpsService: the router's with the admin key, the others'
+    over mutual TLS with the operators' certificate."""
+    metadata = admin_metadata() if service == "router" else ()
+    channel = (
+        aio.insecure_channel(address) if service == "router" else mesh_dialer().channel(address, service)
+    )
+    async with channel:
+        stub = ops_pb2_grpc.OpsServiceStub(channel)
+        info = await stub.GetInfo(ops_pb2.GetInfoRequest(), metadata=metadata, timeout=10)
         return int(info.pid)
 
 
@@ -135,33 +156,46 @@ async def test_forge_up_serves_restarts_and_stops(
     answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant)
     assert "4417" in answer and "[1] zephyr.md" in answer, answer
 
+    # Keys decide the tenant: a tenant key made with the CLI reads its own documents only, and
+    # may not name another tenant; without any key the router refuses.
+    tenant_key = (await forge_cli("keys", "create", "--tenant", tenant)).strip()
+    as_tenant = {"FORGE_API_KEY": tenant_key}
+    answer = await forge_cli("ask", question, "--router", router, env=as_tenant)
+    assert "[1] zephyr.md" in answer, answer
+    spoofed = await run_forge("ask", question, "--router", router, "--tenant", docs_tenant, env=as_tenant)
+    assert spoofed.returncode != 0 and "PERMISSION_DENIED" in spoofed.stderr, spoofed
+    keyless = await run_forge(
+        "ask", question, "--router", router, env={"FORGE_HOME": str(tmp_path / "nokey")}
+    )
+    assert keyless.returncode != 0 and "UNAUTHENTICATED" in keyless.stderr, keyless
+
     # The router crashes; `forge up` restarts it and its Milvus Lite data is still there.
-    router_pid = await embed_pid(router)
+    router_pid = await service_pid(router, "router")
     os.kill(router_pid, signal.SIGKILL)
 
     async def router_restarted() -> None:
         while True:
             await wait_serving(router, timeout_s=120)
-            if await embed_pid(router) != router_pid:
+            if await service_pid(router, "router") != router_pid:
                 return
 
     await asyncio.wait_for(router_restarted(), 180)
     answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant)
     assert "[1] zephyr.md" in answer, answer
 
-    async with aio.insecure_channel(address) as channel:
+    async with mesh_dialer().channel(address, "embed") as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         reply = await embed_pb2_grpc.EmbedServiceStub(channel).Embed(embed_pb2.EmbedRequest(texts=["up"]))
         assert reply.dimension == 384
 
-    first_pid = await embed_pid(address)
+    first_pid = await service_pid(address, "embed")
     os.kill(first_pid, signal.SIGKILL)  # a crash, not a clean stop
 
     async def restarted() -> int:
         while True:
-            await wait_serving(address, timeout_s=120)
-            pid = await embed_pid(address)
+            await wait_serving(address, timeout_s=120, dialer=mesh_dialer(), service="embed")
+            pid = await service_pid(address, "embed")
             if pid != first_pid:
                 return pid
 

@@ -58,8 +58,10 @@ class Figure:
 
 def service_env(home: Path, profile: str, **extra: str) -> dict[str, str]:
     """Environment of a GPU service process: the card's profile, CUDA forced (a silent fall back to
-    the CPU would pass every memory check), the encoder-only guardrails policy."""
+    the CPU would pass every memory check), the encoder-only guardrails policy. Plaintext between
+    the test and the service: these tests measure memory, tests/integration/test_security.py TLS."""
     return {
+        "FORGE_INTERNAL_TLS": "off",
         "FORGE_PROFILE": profile,
         "FORGE_HOME": str(home),
         "FORGE_EMBED_DEVICE": "cuda",

@@ -15,7 +15,7 @@ from forge.v1 import llm_pb2, llm_pb2_grpc, ops_pb2, ops_pb2_grpc
 from grpc import aio
 
 from services.common.config import MPS_CONTEXT_RESERVE_BYTES
-from tests.gpu.support import profile_for_card
+from tests.gpu.support import profile_for_card, service_env
 from tests.helpers import ServiceProcess
 
 pytestmark = pytest.mark.gpu
@@ -31,7 +31,7 @@ def needs_vllm_and_a_model() -> None:
 async def test_llm_memory_is_its_engine_cores_and_within_its_slice(
     tmp_path: Path, record_figure: Callable[..., Any]
 ) -> None:
-    process = ServiceProcess("llm", env={"FORGE_PROFILE": profile_for_card(), "FORGE_HOME": str(tmp_path)})
+    process = ServiceProcess("llm", env=service_env(tmp_path, profile_for_card()))
     try:
         listening = await process.start()
         await process.next_event("serving", timeout_s=600)

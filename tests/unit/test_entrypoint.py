@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from services.common.channels import Dialer
 from services.common.config import SkuProfile
 from services.common.entrypoint import ServeError, ServiceEntry, serve, serve_main, server_options
 from services.common.server import ServiceApp
 from services.common.settings import ForgeSettings
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, mesh_tls
 
 
-def refuse(profile: SkuProfile, home: Path) -> ServiceApp:
+def refuse(profile: SkuProfile, home: Path, dialer: Dialer) -> ServiceApp:
     raise ValueError("max_batch_size: must be >= 1")
 
 
@@ -45,6 +46,7 @@ def test_an_unknown_profile_stops_the_service(tmp_path: Path) -> None:
 
 
 def test_invalid_settings_are_named(tmp_path: Path) -> None:
+    mesh_tls(tmp_path)
     with pytest.raises(ServeError, match="invalid FORGE_EMBED_\\* settings:\nmax_batch_size"):
         serve(BROKEN, ForgeSettings(profile="cpu", home=tmp_path), server_options("127.0.0.1", 0, -1, 1))
 
@@ -54,6 +56,7 @@ def test_serve_main_reports_a_start_up_error_and_exits_1(
 ) -> None:
     monkeypatch.setenv("FORGE_HOME", str(tmp_path))
     monkeypatch.setenv("FORGE_PROFILE", "cpu")
+    mesh_tls(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         serve_main(BROKEN, ["--port", "0", "--metrics-port", "-1"])
     assert exit_.value.code == 1
@@ -63,3 +66,8 @@ def test_serve_main_reports_a_start_up_error_and_exits_1(
 def test_a_negative_metrics_port_turns_metrics_off() -> None:
     assert server_options("0.0.0.0", 50053, -1, 30).metrics_port is None
     assert server_options("0.0.0.0", 50053, 0, 30).metrics_port == 0
+
+
+def test_missing_certificates_stop_the_service_and_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ServeError, match=r"mutual TLS is on but .*ca\.crt.* is missing: run `forge tls init`"):
+        serve(BROKEN, ForgeSettings(profile="cpu", home=tmp_path), server_options("127.0.0.1", 0, -1, 1))
