@@ -7,7 +7,7 @@ What it writes (every file starts with a "generated" header; edit the profile, n
 
   deploy/compose/<sku>.yaml              every GPU profile: a compose override for
                                          deploy/docker-compose.yaml (profile env, image target, the
-                                         GPU for each service whose slice is > 0)
+                                         GPU for each service whose slice is > 0; forge-init's image)
   deploy/compose/<sku>.mps.yaml          every profile where `isolation: mps` validates (Volta+, not
                                          unified memory, buffer holds the context reserves): the MPS
                                          control daemon and each GPU service's pinned memory limit
@@ -51,6 +51,9 @@ COMPOSE_DIR = DEPLOY / "compose"
 OVERLAYS_DIR = DEPLOY / "k8s" / "overlays"
 
 FORGE_SERVICES = ("llm", "embed", "guardrails", "router")
+# The one-shot service that makes the CA, certificates and admin key (docs/security.md): the same
+# image as the four services, so each stack builds or pulls one image.
+INIT_SERVICE = "forge-init"
 IMAGE_NAME = "forge-mesh"
 # The compose image reference; FORGE_IMAGE / FORGE_TAG pick a registry and a release.
 COMPOSE_IMAGE = "${FORGE_IMAGE:-forge-mesh}:${FORGE_TAG:-%s}-%s"
@@ -146,6 +149,7 @@ def compose_override(name: str, profile: SkuProfile, raw: dict[str, Any], versio
         if service in ("embed", "guardrails") and profile.slices.of(service) > 0:
             entry["deploy"] = GPU_RESERVATION
         services[service] = entry
+    services[INIT_SERVICE] = {"image": COMPOSE_IMAGE % (version, target), "build": _build(target)}
     return {"services": services}
 
 
@@ -204,6 +208,8 @@ def compose_cpu(raw: dict[str, Any], version: str) -> dict[str, Any]:
         entry.pop("pid", None)
         entry["environment"].pop("NVIDIA_DRIVER_CAPABILITIES", None)
         entry["environment"].update(env)
+    stack["services"][INIT_SERVICE]["image"] = COMPOSE_IMAGE % (version, "cpu")
+    stack["services"][INIT_SERVICE]["build"] = _build("cpu")
     return stack
 
 

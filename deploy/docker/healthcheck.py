@@ -7,15 +7,43 @@ PORT defaults to $FORGE_HEALTHCHECK_PORT (the image sets 50051, the router); HOS
 SERVICE is the health service name ("" = the whole server, which every Forge service sets).
 Any other answer, an error or a timeout ($FORGE_HEALTHCHECK_TIMEOUT_S, default 3 s) exits 1,
 which is what Docker's HEALTHCHECK and compose's healthcheck expect.
+
+llm, embed and guardrails speak only mutual TLS: where the mesh's client certificate is at hand
+($FORGE_TLS_DIR, else $FORGE_HOME/tls: ca.crt, client.crt, client.key) the probe presents it,
+and falls back to plaintext for a port that does not speak TLS (the router's public port).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+# A proxy in the container's environment must not capture a loopback health check.
+OPTIONS = [("grpc.enable_http_proxy", 0)]
+
+
+def mesh_credentials() -> grpc.ChannelCredentials | None:
+    """The operators' client certificate of the mesh, when this container has it."""
+    if os.environ.get("FORGE_INTERNAL_TLS") == "off":
+        return None
+    home = Path(os.environ.get("FORGE_HOME", "~/.forge")).expanduser()
+    tls = Path(os.environ["FORGE_TLS_DIR"]) if os.environ.get("FORGE_TLS_DIR") else home / "tls"
+    files = [tls / "ca.crt", tls / "client.key", tls / "client.crt"]
+    if not all(f.is_file() for f in files):
+        return None
+    ca, key, cert = (f.read_bytes() for f in files)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def check(channel: grpc.Channel, service: str, timeout_s: float) -> health_pb2.HealthCheckResponse:
+    return health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -23,15 +51,21 @@ def main(argv: list[str]) -> int:
     service = argv[2] if len(argv) > 2 else ""
     target = where if ":" in where else f"127.0.0.1:{where}"
     timeout_s = float(os.environ.get("FORGE_HEALTHCHECK_TIMEOUT_S", "3"))
-    # A proxy in the container's environment must not capture a loopback health check.
-    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-            )
-        except grpc.RpcError as exc:
-            print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+    credentials = mesh_credentials()
+    answer = None
+    if credentials is not None:
+        with grpc.secure_channel(target, credentials, options=OPTIONS) as channel:
+            try:
+                answer = check(channel, service, timeout_s / 2)
+            except grpc.RpcError:
+                answer = None  # not a TLS port: try plaintext
+    if answer is None:
+        with grpc.insecure_channel(target, options=OPTIONS) as channel:
+            try:
+                answer = check(channel, service, timeout_s / 2 if credentials else timeout_s)
+            except grpc.RpcError as exc:
+                print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     print(f"{target} {service or '(server)'}: {status}")
     return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -50,9 +50,9 @@ def _profile_or_exit(name: str) -> SkuProfile:
 def cli(ctx: click.Context, profile: str, home: Path | None, log_level: str) -> None:
     """Forge: an async gRPC inference mesh for one-GPU edge appliances."""
     configure_logging(log_level.upper())
-    settings = ForgeSettings(
-        profile=profile, log_level=log_level, **({"home": home} if home is not None else {})
-    )
+    settings = ForgeSettings(profile=profile, log_level=log_level)
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
     ctx.obj = settings
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+# Forge's own options are numbers; a channel's may add strings (the TLS target name).
+NumericOptions = tuple[tuple[str, int], ...]
 ChannelOptions = tuple[tuple[str, int | str], ...]
 
 # Generous but bounded: an oversized message is refused by the transport, not by a crash.
@@ -36,12 +38,12 @@ KEEPALIVE_TIMEOUT_MS = 10_000
 # ours leaves room for clients tuned lower, and it is the 10 s vLLM's gRPC server means to set.
 MIN_PING_INTERVAL_MS = 10_000
 
-_MESSAGE_LIMITS: ChannelOptions = (
+_MESSAGE_LIMITS: NumericOptions = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
-SERVER_OPTIONS: ChannelOptions = (
+SERVER_OPTIONS: NumericOptions = (
     *_MESSAGE_LIMITS,
     # Servers ping too: a client that vanished mid-stream (its Chat holding an admission slot, its
     # Generate a KV cache) is dropped after KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS.
@@ -57,7 +59,7 @@ SERVER_OPTIONS: ChannelOptions = (
     ("grpc.so_reuseport", 0),
 )
 
-CLIENT_OPTIONS: ChannelOptions = (
+CLIENT_OPTIONS: NumericOptions = (
     *_MESSAGE_LIMITS,
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),

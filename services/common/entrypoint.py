@@ -66,7 +66,8 @@ def serve(entry: ServiceEntry, settings: ForgeSettings, options: ServerOptions) 
         app = entry.build(profile, home, dialer)
     except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
         raise ServeError(f"invalid {entry.configuration}:\n{exc}") from exc
-    return asyncio.run(run_service(app, profile, replace(options, security=security)))
+    options = replace(options, security=security, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    return asyncio.run(run_service(app, profile, options))
 
 
 def serve_main(entry: ServiceEntry, argv: Sequence[str] | None = None) -> NoReturn:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Local defaults (DESIGN.md): gRPC port and Prometheus port per service.
@@ -19,6 +22,10 @@ class ForgeSettings(BaseSettings):
     home: Path = Path("~/.forge")
     profile: str = "cpu"
     log_level: str = "INFO"
+    # Calls one server runs at once; gRPC refuses more with RESOURCE_EXHAUSTED before any handler
+    # runs. Far above what admission lets through (sessions, the embed queue), so it only bites a
+    # flood: streams that hold a connection slot each, or a client opening calls without end.
+    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 512
 
     def home_dir(self) -> Path:
         path = self.home.expanduser()

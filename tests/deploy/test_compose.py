@@ -1,6 +1,8 @@
 """Compose: every stack (the GPU base with each SKU override, each MPS variant, the cpu stack)
 passes `docker-compose config` (docker-compose 1.29.2 validates against the compose schema without
-an engine), and the merged result runs each service with its profile, GPU and health check."""
+an engine), and the merged result runs each service with its profile, GPU and health check; the
+security side (docs/security.md): the one-shot forge-init makes certificates and keys before the
+four services start, only the router is published, MinIO has no default credentials."""
 
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ from tests.deploy.conftest import DEPLOY, gpu_profiles, mps_profiles, profile_fr
 BASE = DEPLOY / "docker-compose.yaml"
 CPU = DEPLOY / "docker-compose.cpu.yaml"
 FORGE = ("llm", "embed", "guardrails", "router")
+INTERNAL = ("llm", "embed", "guardrails")
+INIT = "forge-init"
+# What an operator sets before `up` (the stacks have no default for them).
+MINIO_ENV = {"FORGE_MINIO_ACCESS_KEY": "forge-test-user", "FORGE_MINIO_SECRET_KEY": "forge-test-secret-1"}
 
 
 def stacks() -> dict[str, list[Path]]:
@@ -37,12 +43,17 @@ def stacks() -> dict[str, list[Path]]:
     return out
 
 
-def compose_config(files: Sequence[Path], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def compose_config(
+    files: Sequence[Path], cwd: Path | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` of the files, with the MinIO credentials set (unless `extra_env`
+    says otherwise)."""
     command = [tool("docker-compose", "docker-compose==1.29.2")]
     for f in files:
         command += ["-f", str(f)]
     # A clean environment: no COMPOSE_FILE / DOCKER_HOST / FORGE_* from the caller's shell.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    env.update(MINIO_ENV if extra_env is None else extra_env)
     return subprocess.run(
         [*command, "config"], capture_output=True, text=True, env=env, cwd=cwd or DEPLOY, timeout=120
     )
@@ -63,9 +74,8 @@ def rendered() -> dict[str, dict[str, Any]]:
 def test_every_stack_is_valid_compose(rendered: dict[str, dict[str, Any]]) -> None:
     assert set(rendered) == set(stacks())
     for name, config in rendered.items():
-        assert {"llm", "embed", "guardrails", "router", "milvus", "prometheus", "otel-collector"} <= set(
-            config["services"]
-        ), name
+        expected = {*FORGE, INIT, "milvus", "prometheus", "otel-collector"}
+        assert expected <= set(config["services"]), name
 
 
 def test_docker_compose_rejects_what_the_schema_does_not_know(tmp_path: Path) -> None:
@@ -228,3 +238,112 @@ def test_otel_collector_pipeline_is_wired(rendered: dict[str, dict[str, Any]]) -
         assert services[service]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
     mounts = _bind_mounts(services["otel-collector"])
     assert mounts["/etc/otelcol-contrib/config.yaml"] == DEPLOY / "compose" / "otel-collector.yaml"
+
+
+# --- Security (docs/security.md) ----------------------------------------------------------------
+
+
+def _volumes(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Container path -> (source, mode) of every mount (docker-compose 1.29 prints the short form
+    SOURCE:TARGET[:MODE])."""
+    out = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            out[volume["target"]] = (volume["source"], "ro" if volume.get("read_only") else "rw")
+        else:
+            source, target, *mode = volume.split(":")
+            out[target] = (source, mode[0] if mode else "rw")
+    return out
+
+
+def test_init_service_makes_certificates_and_keys_before_the_services(
+    rendered: dict[str, dict[str, Any]],
+) -> None:
+    """forge-init (the Forge image, once) writes the CA, the certificates and the admin key into the
+    volume forge-secrets; the four services wait for it to complete and read that volume only."""
+    for name, config in rendered.items():
+        services = config["services"]
+        init = services[INIT]
+        # The same image (and build target) as the four services: one image per stack.
+        assert init["image"] == services["router"]["image"], name
+        assert init["build"]["target"] == services["router"]["build"]["target"], name
+        assert init.get("restart", "no") == "no", name
+        assert not init.get("ports") and not _gpu_devices(init) and "pid" not in init, name
+        script = " ".join(init["entrypoint"] + init["command"])
+        assert "forge tls init" in script, name
+        # Extra SANs would go on every certificate: "--san llm" would let the embed certificate
+        # pass for llm. The defaults (<service>, forge-<service>) already are the compose names.
+        assert "--san" not in script, name
+        assert "forge keys create --tenant default --role admin" in script, name
+        assert "/forge/keys/admin.key" in script and "chmod 0600 /forge/keys/admin.key" in script, name
+        assert _volumes(init)["/forge"] == ("forge-secrets", "rw"), name
+        assert init["environment"]["FORGE_TLS_DIR"] == "/forge/tls", name
+        assert init["environment"]["FORGE_KEYS_FILE"] == "/forge/keys/keys.yaml", name
+        assert "forge-secrets" in config["volumes"], name
+        for service in FORGE:
+            entry = services[service]
+            assert entry["depends_on"][INIT]["condition"] == "service_completed_successfully", (name, service)
+            assert _volumes(entry)["/forge"] == ("forge-secrets", "ro"), (name, service)
+            env = entry["environment"]
+            assert env["FORGE_TLS_DIR"] == init["environment"]["FORGE_TLS_DIR"], (name, service)
+            assert env["FORGE_KEYS_FILE"] == init["environment"]["FORGE_KEYS_FILE"], (name, service)
+            # Secure by default: nothing turns keys or mutual TLS off.
+            assert env.get("FORGE_AUTH", "keys") == "keys", (name, service)
+            assert env.get("FORGE_INTERNAL_TLS", "mtls") == "mtls", (name, service)
+        # Nothing else gets the certificates and keys.
+        for service in set(services) - {*FORGE, INIT}:
+            sources = {source for source, _ in _volumes(services[service]).values()}
+            assert "forge-secrets" not in sources, (name, service)
+
+
+def _published(port: dict[str, Any] | str) -> tuple[str, int]:
+    """(host IP, "" = every interface; container port) of a published port, in either form
+    docker-compose 1.29 prints: a mapping, or "[HOST_IP:]PUBLISHED:TARGET[/PROTO]"."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), int(port["target"])
+    parts = port.split("/")[0].rsplit(":", 2)
+    host_ip = parts[0] if len(parts) == 3 else ""
+    return host_ip, int(parts[-1])
+
+
+def test_only_the_router_is_published(rendered: dict[str, dict[str, Any]]) -> None:
+    """llm, embed and guardrails (and every metrics port) are reachable on the compose network
+    only: the host gets the router's gRPC port, and Prometheus and Jaeger on loopback only."""
+    for name, config in rendered.items():
+        services = config["services"]
+        for service in (*INTERNAL, INIT):
+            assert not services[service].get("ports"), (name, service)
+        router = [_published(p) for p in services["router"]["ports"]]
+        assert [target for _, target in router] == [DEFAULT_GRPC_PORTS["router"]], name
+        for service, entry in services.items():
+            if service == "router":
+                continue
+            for port in entry.get("ports", []):
+                assert _published(port)[0] == "127.0.0.1", (name, service, port)
+
+
+def test_minio_has_no_default_credentials(rendered: dict[str, dict[str, Any]]) -> None:
+    """Without FORGE_MINIO_ACCESS_KEY / FORGE_MINIO_SECRET_KEY compose refuses every stack (no
+    `minioadmin` fallback); with them, MinIO and Milvus both get exactly those."""
+    for path in (BASE, CPU, *sorted((DEPLOY / "compose").glob("*.yaml"))):
+        assert "minioadmin" not in path.read_text(), path
+
+    def without_credentials(files: list[Path]) -> subprocess.CompletedProcess[str]:
+        return compose_config(files, extra_env={})
+
+    all_stacks = stacks()
+    with ThreadPoolExecutor(max_workers=len(all_stacks)) as pool:
+        bare = dict(zip(all_stacks, pool.map(without_credentials, all_stacks.values()), strict=True))
+    for name, result in bare.items():
+        assert result.returncode != 0, name
+        assert "FORGE_MINIO_" in result.stderr, (name, result.stderr)
+    for name, config in rendered.items():
+        services = config["services"]
+        if "minio" not in services:
+            continue
+        minio, milvus = services["minio"]["environment"], services["milvus"]["environment"]
+        user, secret = MINIO_ENV["FORGE_MINIO_ACCESS_KEY"], MINIO_ENV["FORGE_MINIO_SECRET_KEY"]
+        assert minio["MINIO_ROOT_USER"] == milvus["MINIO_ACCESS_KEY_ID"] == user, name
+        assert minio["MINIO_ROOT_PASSWORD"] == milvus["MINIO_SECRET_ACCESS_KEY"] == secret, name
+        # The deprecated names would override nothing, but must not carry a second credential.
+        assert "MINIO_ACCESS_KEY" not in minio and "MINIO_SECRET_KEY" not in minio, name

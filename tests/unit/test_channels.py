@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from services.common.channels import CLIENT_OPTIONS, SERVER_OPTIONS, ChannelOptions, insecure_channel
+from services.common.channels import CLIENT_OPTIONS, SERVER_OPTIONS, NumericOptions, insecure_channel
 from services.common.config import load_profile
 from services.common.server import ForgeServer, ServerOptions
 
@@ -35,8 +35,8 @@ METHOD = f"/{SERVICE}/Hold"
 
 
 def with_values(
-    options: ChannelOptions, values: Mapping[str, int], rename: Mapping[str, str] | None = None
-) -> ChannelOptions:
+    options: NumericOptions, values: Mapping[str, int], rename: Mapping[str, str] | None = None
+) -> NumericOptions:
     """`options` with some values changed and some keys renamed."""
     names = rename or {}
     return tuple((names.get(key, key), values.get(key, value)) for key, value in options)
@@ -74,7 +74,7 @@ class QuietApp:
 
 
 @asynccontextmanager
-async def quiet_server(channel_args: ChannelOptions) -> AsyncIterator[ForgeServer]:
+async def quiet_server(channel_args: NumericOptions) -> AsyncIterator[ForgeServer]:
     """The server kit on a loopback port 0 with the given channel arguments."""
     options = ServerOptions(port=0, gpu_watch_interval_s=None, channel_args=channel_args)
     server = ForgeServer(QuietApp(), load_profile("cpu", environ={}), options)
