@@ -35,11 +35,11 @@ def validate_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
         raise InvalidArgument("texts", f"must hold 1 to {max_texts} texts, got none")
     if len(texts) > max_texts:
         raise InvalidArgument("texts", f"must hold at most {max_texts} texts, got {len(texts)}")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise InvalidArgument(f"texts[{i}]", "must not be empty or only whitespace")
+    for i, text in enumerate(texts):  # the length first: it costs nothing, strip() copies
         if len(text) > max_chars:
             raise InvalidArgument(f"texts[{i}]", f"must be at most {max_chars} characters, got {len(text)}")
+        if not text.strip():
+            raise InvalidArgument(f"texts[{i}]", "must not be empty or only whitespace")
 
 
 class Embedder:

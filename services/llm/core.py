@@ -41,7 +41,15 @@ from services.llm.settings import LlmSettings
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.llm")
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant")  # what every engine's chat template is given
+QUOTE_CHARS = 16  # the most of a caller's value (a role) an error message repeats
+
+
+def _quoted(value: str) -> str:
+    """A caller's value for an error message, cut short: a 200,000-character role is not echoed."""
+    if len(value) <= QUOTE_CHARS:
+        return repr(value)
+    return f"{value[:QUOTE_CHARS]!r}... ({len(value)} characters)"
 
 
 class Priority(IntEnum):
@@ -186,6 +194,8 @@ class LlmCore:
     # -- validation ---------------------------------------------------------------------------
 
     def _check_input_size(self, messages: Sequence[tuple[str, str]], prompt: str) -> None:
+        """Generate's and Tokenize's input: counts and sizes first (they cost nothing), then each
+        message; a refusal never repeats more than the start of what was sent."""
         s = self.settings
         if messages and prompt:
             raise InvalidArgument("prompt", "set either messages or prompt, not both")
@@ -193,17 +203,17 @@ class LlmCore:
             raise InvalidArgument("messages", "set messages (chat) or prompt (raw text); both are empty")
         if len(messages) > s.max_messages:
             raise InvalidArgument("messages", f"at most {s.max_messages} messages, got {len(messages)}")
-        for i, (role, content) in enumerate(messages):
-            if role not in ROLES:
-                raise InvalidArgument(
-                    f"messages[{i}].role", f"must be one of {', '.join(ROLES)}; got {role!r}"
-                )
-            if not content.strip():
-                raise InvalidArgument(f"messages[{i}].content", "must not be empty")
         chars = len(prompt) + sum(len(c) for _, c in messages)
         if chars > s.max_input_chars:
             field_name = "prompt" if prompt else "messages"
             raise InvalidArgument(field_name, f"at most {s.max_input_chars} characters in all, got {chars}")
+        for i, (role, content) in enumerate(messages):
+            if role not in ROLES:
+                raise InvalidArgument(
+                    f"messages[{i}].role", f"must be one of {', '.join(ROLES)}; got {_quoted(role)}"
+                )
+            if not content.strip():
+                raise InvalidArgument(f"messages[{i}].content", "must not be empty")
 
     def _sampling(self, inp: GenerateInput, prompt_tokens: int, context: int) -> Sampling:
         s = self.settings

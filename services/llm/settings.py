@@ -34,7 +34,10 @@ class LlmSettings(BaseSettings):
     enforce_eager: bool = True
     # Tokens generated when the request does not say.
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
-    # Request size limits, checked before tokenising.
+    # Request size limits, checked before tokenising, for Generate and Tokenize alike (Tokenize
+    # counts a prompt before it is generated from, so the same input must pass both). 65,536
+    # characters is ~16k tokens, 8x the default context: enough to say "too long" in tokens,
+    # while tokenising it costs milliseconds. Roles must be system, user or assistant.
     max_messages: Annotated[int, Field(ge=1)] = 128
     max_input_chars: Annotated[int, Field(ge=1)] = 65_536
     max_stop_sequences: Annotated[int, Field(ge=0)] = 8

@@ -10,8 +10,6 @@ from services.router.deadline import Deadline
 from services.router.ports import VectorIndex
 from services.router.settings import RouterSettings
 
-MAX_DELETE_IDS = 1024
-
 
 class Documents:
     def __init__(self, settings: RouterSettings, index: VectorIndex) -> None:
@@ -24,14 +22,11 @@ class Documents:
     async def delete(
         self, tenant: str, collection: str, document_ids: Sequence[str], deadline: Deadline
     ) -> tuple[int, int]:
-        """(documents that existed, chunks deleted)."""
+        """(documents that existed, chunks deleted). The count is checked before any id is."""
+        validation.count(document_ids, "document_ids", self._settings.max_delete_ids, "ids")
         collection = validation.collection(collection, self._settings.default_collection)
         if not document_ids:
             raise InvalidArgument("document_ids", "must name at least one document")
-        if len(document_ids) > MAX_DELETE_IDS:
-            raise InvalidArgument(
-                "document_ids", f"at most {MAX_DELETE_IDS} per call, got {len(document_ids)}"
-            )
         for i, document_id in enumerate(document_ids):
             validation.document_id(document_id, f"document_ids[{i}]", self._settings.max_document_id_chars)
         return await self._index.delete_documents(

@@ -43,7 +43,10 @@ from services.router.stages import Degradation, Rails, StageRunner, blocked, ver
 
 tracer = trace.get_tracer("forge.router")
 
+# The roles the LLM service's chat template takes (services/llm/core.py ROLES). Anything else is
+# refused, and only the start of it is quoted back: a role is a short word, not a place for text.
 ROLES = ("system", "user", "assistant")
+ROLE_QUOTE_CHARS = 16
 
 
 class ChatOrchestrator:
@@ -76,7 +79,8 @@ class ChatOrchestrator:
         for i, m in enumerate(request.messages):
             if m.role not in ROLES:
                 raise InvalidArgument(
-                    f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role!r}"
+                    f"messages[{i}].role",
+                    f"must be one of {', '.join(ROLES)}, got {validation.quoted(m.role, ROLE_QUOTE_CHARS)}",
                 )
             validation.text(m.content, f"messages[{i}].content", s.max_message_chars)
         chars = sum(len(m.content) for m in request.messages)

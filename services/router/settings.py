@@ -74,8 +74,35 @@ class RouterSettings(BaseSettings):
     # Ingestion.
     chunk_max_tokens: Annotated[int, Field(ge=16, le=256)] = 200
     chunk_overlap_tokens: Annotated[int, Field(ge=0)] = 32
+    # Caps on what one caller may send (issue 12): each refusal is INVALID_ARGUMENT naming the
+    # field and the limit, or RESOURCE_EXHAUSTED (with RetryInfo and an ErrorInfo reason) for a
+    # count of things held at once. All are checked before any chunking, embedding or Milvus call.
+    # A document's text, in characters (what chunking and embedding cost grows with): 2 M is a
+    # long book; its bytes are bounded by the transport's 16 MiB message limit.
     max_document_chars: Annotated[int, Field(ge=1)] = 2_000_000
     max_document_id_chars: Annotated[int, Field(ge=1, le=512)] = 256
+    # Metadata is copied into every chunk's row, so it is kept small: 32 entries (source, title,
+    # author, tags... with room to spare); a key is a name, 256 bytes; keys and values together
+    # 8 KiB per document (a 2 M-character document is thousands of chunks, each carrying it; and
+    # well under Milvus' 64 KiB cap on a JSON value even after JSON escaping).
+    max_metadata_entries: Annotated[int, Field(ge=0)] = 32
+    max_metadata_key_bytes: Annotated[int, Field(ge=1)] = 256
+    max_metadata_bytes: Annotated[int, Field(ge=1)] = 8192
+    # Documents in one Ingest stream: a stream holds one of its tenant's stream slots, so it is
+    # bounded like everything else; a bulk load sends its documents in several streams.
+    max_documents_per_stream: Annotated[int, Field(ge=1)] = 10_000
+    # Ingest streams one tenant may have open on this router at once; beyond it RESOURCE_EXHAUSTED
+    # (INGEST_STREAMS). Embedding is shared by all streams (embed_batches_in_flight), so more
+    # streams add no speed, only chunking threads and documents held in memory (up to 16 MiB each).
+    max_ingest_streams_per_tenant: Annotated[int, Field(ge=1)] = 4
+    # Collections one tenant may hold chunks in, the default collection included (what
+    # ListCollections shows it): each is a Milvus collection with its own index and memory, and
+    # listing counts in every one of them. An Ingest into a new collection beyond it gets
+    # RESOURCE_EXHAUSTED (COLLECTION_LIMIT); deleting a collection's documents frees its place.
+    max_collections_per_tenant: Annotated[int, Field(ge=1)] = 16
+    # Document ids per DeleteDocuments: 1,000 ids are two Milvus rounds of query, count and delete;
+    # 200,000 took 7.5 s of router time before this cap.
+    max_delete_ids: Annotated[int, Field(ge=1)] = 1000
     embed_batch_size: Annotated[int, Field(ge=1, le=256)] = 64
     # The embed service batches across requests too: two batches in flight keep it busy (one
     # computing, one queued) without a batch's wait eating its timeout.

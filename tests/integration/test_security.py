@@ -102,7 +102,10 @@ async def ingest(
     assert replies[-1].documents_ingested == 1
 
 
-async def hits(stub: router_pb2_grpc.RouterServiceAsyncStub, metadata: tuple[tuple[str, str], ...]) -> set[str]:
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def hits(stub: router_pb2_grpc.RouterServiceAsyncStub, metadata: Metadata) -> set[str]:
     reply = await stub.Search(
         router_pb2.SearchRequest(query="boiler pressure", top_k=10), metadata=metadata, timeout=60
     )

@@ -69,5 +69,6 @@ def test_a_negative_metrics_port_turns_metrics_off() -> None:
 
 
 def test_missing_certificates_stop_the_service_and_say_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ServeError, match=r"mutual TLS is on but .*ca\.crt.* is missing: run `forge tls init`"):
+    missing = r"mutual TLS is on but .*ca\.crt.* is missing: run `forge tls init`"
+    with pytest.raises(ServeError, match=missing):
         serve(BROKEN, ForgeSettings(profile="cpu", home=tmp_path), server_options("127.0.0.1", 0, -1, 1))

@@ -11,6 +11,7 @@ from opentelemetry import trace
 
 from services.common.codec import finding_to_pb, sampling_from_pb
 from services.common.errors import InvalidArgument
+from services.common.security.access import CURRENT_CALLER
 from services.router import validation
 from services.router.deadline import Deadline
 from services.router.documents import Documents
@@ -29,7 +30,11 @@ Context = aio.ServicerContext[object, object]
 
 
 def tenant_of(context: Context) -> str:
-    """The caller's tenant from metadata; a single-tenant appliance may leave it out."""
+    """The caller's tenant: the one the auth layer settled from its API key, or (API keys off)
+    the x-forge-tenant header; a single-tenant appliance may leave it out."""
+    caller = CURRENT_CALLER.get()
+    if caller is not None:
+        return validation.tenant(caller.tenant, f"metadata {TENANT_HEADER}")
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_HEADER:
             tenant = value if isinstance(value, str) else value.decode()
@@ -139,34 +144,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.IngestResponse]:
         tenant = tenant_of(context)
         deadline = deadline_of(context)
-        ingestor = self._parts().ingestor
-        touched: set[str] = set()
-        documents = chunks = 0
-        async for request in request_iterator:
-            if not request.HasField("document"):
-                raise InvalidArgument("document", f"is required (message {documents + 1} of the stream)")
-            collection = ingestor.collection(request.collection)
-            doc = request.document
-            stored = await ingestor.ingest(
-                tenant, collection, DocumentInput(doc.id, doc.text, dict(doc.metadata)), deadline
-            )
-            touched.add(collection)
-            documents += 1
-            chunks += stored.chunk_count
-            yield router_pb2.IngestResponse(
-                document_id=stored.document_id,
-                chunk_count=stored.chunk_count,
-                documents_ingested=documents,
-                chunks_ingested=chunks,
-            )
-        # The stream ends OK only once everything is durable.
-        await ingestor.flush(touched, deadline)
+        # The tenant's stream slot is taken before the first message is read and given back on
+        # every way out: done, an error, a cancel or a client gone (the generator is closed).
+        with self._parts().ingestor.stream(tenant, deadline) as stream:
+            async for request in request_iterator:
+                if not request.HasField("document"):
+                    raise InvalidArgument(
+                        "document", f"is required (message {stream.documents + 1} of the stream)"
+                    )
+                doc = request.document
+                stored = await stream.ingest(
+                    request.collection, DocumentInput(doc.id, doc.text, dict(doc.metadata))
+                )
+                yield router_pb2.IngestResponse(
+                    document_id=stored.document_id,
+                    chunk_count=stored.chunk_count,
+                    documents_ingested=stream.documents,
+                    chunks_ingested=stream.chunks,
+                )
+            # The stream ends OK only once everything is durable.
+            await stream.flush()
 
     async def DeleteDocuments(
         self, request: router_pb2.DeleteDocumentsRequest, context: Context
     ) -> router_pb2.DeleteDocumentsResponse:
+        # The repeated field itself, not a copy: its count is checked before anything walks it.
         documents, chunks = await self._parts().documents.delete(
-            tenant_of(context), request.collection, list(request.document_ids), deadline_of(context)
+            tenant_of(context), request.collection, request.document_ids, deadline_of(context)
         )
         return router_pb2.DeleteDocumentsResponse(deleted_documents=documents, deleted_chunks=chunks)
 
