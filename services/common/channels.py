@@ -15,11 +15,14 @@ GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS). vLLM's gRPC server passe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc import aio
+
+from services.common.reloading_channel import ReloadingChannel
 
 # Forge's own options are numbers; a channel's may add strings (the TLS target name).
 NumericOptions = tuple[tuple[str, int], ...]
@@ -78,6 +81,10 @@ class Dialer:
     (`llm`, `embed`, ...), which its certificate carries, whatever address is dialled."""
 
     credentials: grpc.ChannelCredentials | None = None
+    # Where fresh credentials come from when the files they were read from change: an asyncio
+    # channel then moves its next calls to a new connection (services/common/reloading_channel).
+    reload: Callable[[], grpc.ChannelCredentials] | None = None
+    watched: tuple[Path, ...] = ()
 
     @property
     def secure(self) -> bool:
@@ -93,8 +100,13 @@ class Dialer:
     ) -> aio.Channel:
         if self.credentials is None:
             return insecure_channel(address, interceptors)
-        return aio.secure_channel(
-            address, self.credentials, options=self._options(service), interceptors=interceptors
+        options = self._options(service)
+        if self.reload is None:
+            return aio.secure_channel(address, self.credentials, options=options, interceptors=interceptors)
+        reload = self.reload
+        return ReloadingChannel(
+            lambda: aio.secure_channel(address, reload(), options=options, interceptors=interceptors),
+            self.watched,
         )
 
     def blocking_channel(self, address: str, service: str) -> grpc.Channel:

@@ -131,13 +131,16 @@ def dialer_for(identity: str, settings: SecuritySettings, home: Path) -> Dialer:
     if settings.internal_tls == "off":
         return PLAINTEXT
     tls = _tls_dir(settings, home, identity)
-    return Dialer(
-        grpc.ssl_channel_credentials(
-            root_certificates=tls.ca_cert.read_bytes(),
-            private_key=tls.key(identity).read_bytes(),
-            certificate_chain=tls.cert(identity).read_bytes(),
+
+    def credentials() -> grpc.ChannelCredentials:
+        cert, key = tls.cert(identity).read_bytes(), tls.key(identity).read_bytes()
+        _check_pair(cert, key, tls.cert(identity))
+        return grpc.ssl_channel_credentials(
+            root_certificates=tls.ca_cert.read_bytes(), private_key=key, certificate_chain=cert
         )
-    )
+
+    watched = (tls.ca_cert, tls.cert(identity), tls.key(identity))
+    return Dialer(credentials(), reload=credentials, watched=watched)
 
 
 def is_loopback(host: str) -> bool:

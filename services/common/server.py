@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from services.common import telemetry
+from services.common import reloading_channel, telemetry
 from services.common.channels import SERVER_OPTIONS, ChannelOptions
 from services.common.config import SkuProfile
 from services.common.credentials import ServerSecurity
@@ -145,8 +145,9 @@ class ForgeServer:
         return {**self.app.settings_summary(), "transport": security.transport, "auth": security.auth}
 
     def reload_certificates(self) -> None:
-        """SIGHUP: read the TLS files again for the next connections."""
+        """SIGHUP: read the TLS files again for the next connections, served and dialled."""
         self.options.security.reload()
+        reloading_channel.request_reload()
         log.info("%s: TLS files will be read again for new connections", self.app.name)
 
     async def start(self) -> None:

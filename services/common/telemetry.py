@@ -14,11 +14,18 @@ Export is configured by the standard OTEL_* variables:
 With none set, spans are still created (trace ids propagate across hops and the router returns
 them) but nothing is exported and nothing fails.
 
-Server side: opentelemetry-instrumentation-grpc's aio server interceptor opens the SERVER span
-(from the caller's traceparent); inside it, `_ServerSpanStatus` sets the span's final
-`rpc.grpc.status_code` and ERROR status for any non-OK outcome (the instrumentation leaves the
-status unset for `abort_with_status`, which Forge's error mapping uses, and for uncaught errors)
-and `forge.gpu_memory_bytes`. Client side: Forge's own interceptors (`tracing_client`).
+Server side: Forge's own interceptor (`_ServerTracing`, outside every other one but the API-key
+check) opens the SERVER span of each call from the caller's trace context and ends it with the
+call's final `rpc.grpc.status_code`, ERROR status and message for any non-OK outcome, and
+`forge.gpu_memory_bytes`. Client side: Forge's own interceptors (`tracing_client`). Spans are
+named by the full gRPC method, "/forge.v1.RouterService/Chat", on both sides.
+
+An error status is an answer, not a crash: its span carries the code and the message and no
+exception event. opentelemetry-instrumentation-grpc's server interceptor, used here before,
+recorded the `AbortError` of every abort twice with a formatted traceback of the whole async
+stack (about 1 ms of CPU per call: most of what an admission refusal cost), and set nothing for
+`abort_with_status`. Only an INTERNAL or UNKNOWN outcome caused by an unexpected exception (a bug)
+records that exception on the span, as the log does.
 """
 
 from __future__ import annotations
@@ -28,29 +35,33 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextvars import Token
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc import aio
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from services.common import tracing_client
+from services.common.errors import ForgeError
 from services.common.gpu import read_gpu_snapshot
-from services.common.interceptors import Behavior, Handler, _drain, _WrappingInterceptor
+from services.common.interceptors import Behavior, _drain, _WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
-# Health checks and reflection would drown the real traffic in traces.
-_TRACED = filters.negate(
-    filters.any_of(filters.service_prefix("grpc.health.v1"), filters.service_prefix("grpc.reflection"))
-)
+# Instrumentation scope of the server spans. Health checks and reflection are not traced (they
+# would drown the real traffic): `_WrappingInterceptor` leaves them alone.
+_SERVER_TRACER = "forge.grpc.server"
 GPU_MEMORY_ATTRIBUTE = "forge.gpu_memory_bytes"
 # NVML is read at most this often per process (the figure moves slowly: weights, KV cache, pools).
 GPU_MEMORY_TTL_S = 5.0
@@ -176,78 +187,104 @@ def _status_code(value: Any) -> grpc.StatusCode | None:
     return grpc.StatusCode.UNKNOWN
 
 
-class _ServerSpanStatus(_WrappingInterceptor):
-    """Runs inside the instrumentation's server span: sets its final status code, ERROR status
-    for any non-OK outcome (an abort with status, an uncaught error, a cancelled call), and the
-    process's GPU memory."""
+def _peer_attributes(peer: str | None) -> dict[str, AttributeValue]:
+    """client.address / client.port from a gRPC peer such as "ipv4:127.0.0.1:57284" or
+    "ipv6:[::1]:57284" (the first of a comma-separated list); nothing for "unix:" or the unknown."""
+    if not peer or peer.startswith("unix:"):
+        return {}
+    _, _, address = peer.split(",", 1)[0].partition(":")
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return {}
+    return {"client.address": unquote(host).strip("[]"), "client.port": int(port)}
+
+
+def _unexpected_cause(exc: BaseException) -> BaseException | None:
+    """The exception behind an INTERNAL or UNKNOWN outcome when it is a bug (not a domain error,
+    not the abort itself): the trace shows it, as the log does."""
+    cause = (exc.__cause__ or exc.__context__) if isinstance(exc, aio.AbortError) else exc
+    if isinstance(cause, Exception) and not isinstance(cause, ForgeError | aio.AbortError):
+        return cause
+    return None
+
+
+class _ServerTracing(_WrappingInterceptor):
+    """The SERVER span of every call but health and reflection, child of the caller's trace
+    context (traceparent, tracestate, baggage: whatever the global propagator reads), current
+    while the handler runs. It ends when the call does, with its final `rpc.grpc.status_code`,
+    ERROR status and the status message for any non-OK outcome (an abort, an uncaught error, a
+    cancelled call), and the process's GPU memory."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(_SERVER_TRACER, tracer_provider=tracer_provider)
+
+    def _start(self, method: str, context: aio.ServicerContext[Any, Any]) -> tuple[Span, Token[Context]]:
+        metadata = context.invocation_metadata()
+        parent = propagate.extract({key: value for key, value in metadata}) if metadata else None
+        service, _, name = method.lstrip("/").partition("/")
+        attributes: dict[str, AttributeValue] = {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+            **_peer_attributes(context.peer()),
+        }
+        span = self._tracer.start_span(method, parent, SpanKind.SERVER, attributes)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     @staticmethod
-    def _finish(context: aio.ServicerContext[Any, Any], exc: BaseException | None) -> None:
-        span = trace.get_current_span()
-        if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.SERVER:
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            code, details = grpc.StatusCode.CANCELLED, "the caller cancelled or went away"
-        else:
-            set_code = _status_code(context.code())
-            if set_code is None:
-                code = grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+    def _end(
+        span: Span, token: Token[Context], context: aio.ServicerContext[Any, Any], exc: BaseException | None
+    ) -> None:
+        try:
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                code, details = grpc.StatusCode.CANCELLED, "the caller cancelled or went away"
             else:
-                code = set_code
-            details = str(context.details() or "") if code is not grpc.StatusCode.OK else ""
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))
-        set_gpu_memory(span)
+                set_code = _status_code(context.code())
+                if set_code is None:
+                    code = grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+                else:
+                    code = set_code
+                details = str(context.details() or "") if code is not grpc.StatusCode.OK else ""
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))
+            cause = _unexpected_cause(exc) if exc is not None else None
+            if cause is not None and code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                span.record_exception(cause, escaped=True)
+            set_gpu_memory(span)
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     def wrap_unary(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            span, token = self._start(method, context)
             try:
                 result = await behavior(request, context)
             except BaseException as exc:
-                self._finish(context, exc)
+                self._end(span, token, context, exc)
                 raise
-            self._finish(context, None)
+            self._end(span, token, context, None)
             return result
 
         return call
 
     def wrap_stream(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            span, token = self._start(method, context)
             try:
                 async for item in _drain(behavior(request, context)):
                     yield item
             except BaseException as exc:
-                self._finish(context, exc)
+                self._end(span, token, context, exc)
                 raise
-            self._finish(context, None)
+            self._end(span, token, context, None)
 
         return call
 
 
-class _ServerTracing(aio.ServerInterceptor):
-    """The instrumentation's server interceptor with `_ServerSpanStatus` inside its span."""
-
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._span: aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=tracer_provider, filter_=_TRACED
-        )
-        self._status = _ServerSpanStatus()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        async def with_status(details: grpc.HandlerCallDetails) -> Handler | None:
-            return await self._status.intercept_service(continuation, details)
-
-        handler: Handler | None = await self._span.intercept_service(with_status, handler_call_details)
-        return handler
-
-
 def server_interceptor(tracer_provider: trace.TracerProvider | None = None) -> aio.ServerInterceptor:
-    """The tracing interceptor of a Forge server (first in the list, so its span covers the rest).
+    """The tracing interceptor of a Forge server (before the others, so its span covers them).
     `tracer_provider`: the process's global one unless given (tests)."""
     return _ServerTracing(tracer_provider)
 
