@@ -59,6 +59,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/llm_serving.py
 	$(BIN)/python bench/router_overhead.py
 	$(BIN)/python bench/admission_overload.py
+	$(BIN)/python bench/auth_overhead.py
 
 protos: $(TEST_STAMP)
 	$(BIN)/python tools/gen_protos.py
