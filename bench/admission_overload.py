@@ -17,7 +17,18 @@ client's counts. --csv writes every call with its start time, to see when slow a
 Targets, reported not asserted: RESOURCE_EXHAUSTED is the only failure under overload, and refusals
 are answered in <= 5 ms p99.
 
-    python bench/admission_overload.py [--capacity 4] [--duration 30] [--overload 4] [--csv calls.csv]
+Then the cost of a refusal, measured rather than estimated: C long generations hold every session
+slot, and --refusals Chat calls from --refusal-clients clients are each refused at once. The
+router process's CPU time (its threads' schedstat) over that burst, less the holders' own CPU
+rate measured just before and just after it, divided by the refusals, is printed beside the router
+process's CPU per admitted call of the at-capacity phase, with their ratio. Figures, not a verdict:
+CPU time on a shared box moves with its load.
+
+Calls carry the mesh's admin API key (`_mesh.Mesh.metadata`): what a refusal costs includes the
+key check.
+
+    python bench/admission_overload.py [--capacity 4] [--duration 30] [--overload 4] [--refusals 2000]
+        [--csv calls.csv]
 """
 
 from __future__ import annotations
@@ -38,12 +49,13 @@ from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_l
 from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
 from grpc import aio
 
-from services.common.channels import insecure_channel
 from services.common.status import retry_details
 
 TENANT = "bench"
-METADATA = (("x-forge-tenant", TENANT),)
 QUESTION = "Name three colours of the rainbow."
+# The session holders of the refusal phase: a generation long enough to outlast it.
+HOLD_PROMPT = "Count from 1 to 2000, separated by commas."
+Metadata = tuple[tuple[str, str], ...]
 CALL_TIMEOUT_S = 120.0
 TARGET_REJECTION_P99_MS = 5.0
 OK = "OK"
@@ -73,6 +85,7 @@ class Phase:
     wall_s: float
     router_cpu_s: float  # CPU time of the router process (and its Milvus Lite server) in the phase
     client_cpu_s: float
+    router_process_cpu_s: float  # the router process alone (the refusal phase's measure)
 
     def ms(self, *, code: str, completed: bool = False) -> list[float]:
         return [c.seconds * 1000 for c in self.calls if c.code == code and (c.completed or not completed)]
@@ -88,14 +101,18 @@ def error_details(err: aio.AioRpcError) -> tuple[str, float | None]:
 
 
 async def one_chat(
-    stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest, client: int, origin: float
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    request: router_pb2.ChatRequest,
+    client: int,
+    origin: float,
+    metadata: Metadata,
 ) -> Call:
     started = time.perf_counter()
     at = started - origin
     verdict = ""
     try:
         summary = None
-        async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
+        async for reply in stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S):
             if reply.HasField("summary"):
                 summary = reply.summary
         if summary is None:
@@ -119,18 +136,20 @@ async def run_phase(
     duration_s: float,
     args: argparse.Namespace,
     router_pids: list[int],
+    metadata: Metadata,
 ) -> Phase:
     """`clients` closed-loop callers start calls for `duration_s`; calls in flight at the end finish
     and count, and the phase lasts until the last one does."""
     rng = random.Random(args.seed)
     calls: list[Call] = []
     router_cpu, client_cpu = cpu_seconds(router_pids), time.process_time()
+    process_cpu = cpu_seconds(router_pids[:1])
     started = time.perf_counter()
     end = started + duration_s
 
     async def client(i: int) -> None:
         while time.perf_counter() < end:
-            call = await one_chat(stub, request, i, started)
+            call = await one_chat(stub, request, i, started, metadata)
             calls.append(call)
             if call.code == OK:
                 continue
@@ -141,7 +160,144 @@ async def run_phase(
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - started
     return Phase(
-        name, clients, calls, wall, cpu_seconds(router_pids) - router_cpu, time.process_time() - client_cpu
+        name,
+        clients,
+        calls,
+        wall,
+        cpu_seconds(router_pids) - router_cpu,
+        time.process_time() - client_cpu,
+        cpu_seconds(router_pids[:1]) - process_cpu,
+    )
+
+
+@dataclass
+class Refusals:
+    """The refusal phase: every slot held, a burst of Chat calls that are each refused."""
+
+    holders: int
+    clients: int
+    outcomes: collections.Counter[str]  # status code name -> calls
+    ms: list[float]  # latency of each refused call
+    wall_s: float  # the burst
+    cpu_s: float  # router process CPU over the burst
+    background_before: float  # router process CPU per second with only the holders running
+    background_after: float
+    holders_left: int  # sessions still held after the burst (all of them, or the burst was diluted)
+
+    @property
+    def refused(self) -> int:
+        return self.outcomes[REJECTED]
+
+    @property
+    def background(self) -> float:
+        return (self.background_before + self.background_after) / 2
+
+    @property
+    def cpu_per_refusal_s(self) -> float:
+        return (self.cpu_s - self.background * self.wall_s) / max(1, self.refused)
+
+
+async def _hold(
+    stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest, metadata: Metadata
+) -> None:
+    call = stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S * 5)
+    try:
+        async for _ in call:
+            pass
+    except aio.AioRpcError:
+        pass
+    finally:
+        call.cancel()
+
+
+async def _cpu_rate(pid: int, window_s: float) -> float:
+    before = cpu_seconds([pid])
+    await asyncio.sleep(window_s)
+    return (cpu_seconds([pid]) - before) / window_s
+
+
+async def _active(admin: router_pb2_grpc.AdminServiceAsyncStub, metadata: Metadata) -> int:
+    capacity = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
+    return int(capacity.active_sessions)
+
+
+async def refusal_phase(
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    admin: router_pb2_grpc.AdminServiceAsyncStub,
+    request: router_pb2.ChatRequest,
+    args: argparse.Namespace,
+    router_pid: int,
+    metadata: Metadata,
+) -> Refusals:
+    """Hold every slot with long generations, then send `args.refusals` Chat calls from
+    `args.refusal_clients` clients (no pause: each is refused at once) and measure the router
+    process's CPU over the burst and, with only the holders running, just before and after it."""
+    hold = router_pb2.ChatRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=HOLD_PROMPT)],
+        params=common_pb2.SamplingParams(max_tokens=args.hold_tokens, temperature=0.0),
+        disable_retrieval=True,
+    )
+    holders = [asyncio.create_task(_hold(stub, hold, metadata)) for _ in range(args.capacity)]
+    try:
+        deadline = time.monotonic() + 120
+        while await _active(admin, metadata) < args.capacity:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the session holders were not all admitted within 120 s")
+            await asyncio.sleep(0.05)
+        before = await _cpu_rate(router_pid, args.background_s)
+        outcomes: collections.Counter[str] = collections.Counter()
+        ms: list[float] = []
+        remaining = args.refusals
+
+        async def client() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                try:
+                    async for _ in stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S):
+                        pass
+                    code = OK
+                except aio.AioRpcError as err:
+                    code = err.code().name
+                outcomes[code] += 1
+                if code == REJECTED:
+                    ms.append((time.perf_counter() - started) * 1000)
+
+        cpu, started = cpu_seconds([router_pid]), time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(args.refusal_clients)))
+        wall, burst_cpu = time.perf_counter() - started, cpu_seconds([router_pid]) - cpu
+        held = await _active(admin, metadata)
+        after = await _cpu_rate(router_pid, args.background_s)
+    finally:
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+    return Refusals(args.capacity, args.refusal_clients, outcomes, ms, wall, burst_cpu, before, after, held)
+
+
+def report_refusals(args: argparse.Namespace, base: Phase, refusals: Refusals) -> None:
+    admitted = base.count(OK)
+    per_admitted = base.router_process_cpu_s / max(1, admitted)
+    per_refusal = refusals.cpu_per_refusal_s
+    print(
+        f"\n## Refusal cost: {refusals.holders} sessions held by long generations, {refusals.refused} "
+        f"Chat calls refused from {refusals.clients} clients in {refusals.wall_s:.1f} s\n"
+    )
+    print("| router process CPU | ms per call | vs an admitted call |")
+    print("|---|---:|---:|")
+    print(f"| admitted call (at-capacity phase, {admitted} calls) | {per_admitted * 1000:.2f} | 1 |")
+    print(
+        f"| refusal (burst less the holders' background) | {per_refusal * 1000:.3f} | "
+        f"{ratio(per_refusal, per_admitted)} |"
+    )
+    others = {code: n for code, n in refusals.outcomes.items() if code != REJECTED}
+    print(
+        f"burst: {refusals.cpu_s:.2f} s CPU over {refusals.wall_s:.2f} s; holders' background "
+        f"{refusals.background_before * 1000:.0f} ms/s before, {refusals.background_after * 1000:.0f} ms/s "
+        f"after; refusal latency p50 {percentile(refusals.ms, 50):.2f} ms, p99 "
+        f"{percentile(refusals.ms, 99):.2f} ms; other outcomes: {others or 'none'}; sessions still "
+        f"held after the burst: {refusals.holders_left} of {refusals.holders}"
     )
 
 
@@ -277,6 +433,14 @@ async def main() -> int:
     parser.add_argument("--retry-min-ms", type=float, default=50.0, help="shortest pause before a retry")
     parser.add_argument("--retry-scale", type=float, default=0.5, help="share of the RetryInfo delay to wait")
     parser.add_argument("--seed", type=int, default=0, help="seed of the retry jitter")
+    parser.add_argument("--refusals", type=int, default=2000, help="refused calls of the refusal phase")
+    parser.add_argument("--refusal-clients", type=int, default=4, help="their concurrent callers")
+    parser.add_argument(
+        "--hold-tokens", type=int, default=1500, help="max_tokens of the refusal phase's session holders"
+    )
+    parser.add_argument(
+        "--background-s", type=float, default=2.0, help="holders-only CPU window before and after the burst"
+    )
     parser.add_argument(
         "--csv", type=Path, help="also write every call (phase, client, start, ms, status) here"
     )
@@ -304,16 +468,19 @@ async def main() -> int:
             for service in (guardrails, router, llm):
                 await mesh.ready(service)
             print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            async with insecure_channel(router.address) as channel:
+            metadata = mesh.metadata(TENANT)  # the admin key, acting for TENANT
+            async with mesh.channel(router) as channel:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 admin = router_pb2_grpc.AdminServiceStub(channel)
                 origin = time.perf_counter()
-                warmup = [await one_chat(stub, request, -1, origin) for _ in range(args.warmup)]
+                warmup = [await one_chat(stub, request, -1, origin, metadata) for _ in range(args.warmup)]
                 failed = [c for c in warmup if c.code != OK]
                 if failed:
                     raise RuntimeError(f"warm-up chats failed: {failed}")
                 router_pids = process_tree(router.process.pid)
-                before = await admin.GetCapacity(router_pb2.GetCapacityRequest(), timeout=10)
+                before = await admin.GetCapacity(
+                    router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10
+                )
                 phases = []
                 for name, clients in (
                     ("at capacity", args.capacity),
@@ -321,11 +488,18 @@ async def main() -> int:
                 ):
                     print(f"phase {name}: {clients} clients for {args.duration:g} s", file=sys.stderr)
                     phases.append(
-                        await run_phase(name, stub, request, clients, args.duration, args, router_pids)
+                        await run_phase(
+                            name, stub, request, clients, args.duration, args, router_pids, metadata
+                        )
                     )
-                after = await admin.GetCapacity(router_pb2.GetCapacityRequest(), timeout=10)
-            env_line = await model_line(llm.address)
+                after = await admin.GetCapacity(
+                    router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10
+                )
+                print(f"refusal phase: {args.refusals} refused calls", file=sys.stderr)
+                refusals = await refusal_phase(stub, admin, request, args, router.process.pid, metadata)
+            env_line = await model_line(llm.address, mesh.dialer)
     report(args, phases, warmup, before, after, env_line)
+    report_refusals(args, phases[0], refusals)
     if args.csv is not None:
         write_csv(args.csv, phases)
     return 0
