@@ -119,7 +119,12 @@ class RouterApp:
         embeddings = GrpcEmbeddings(self._channels["embed"])
         await self._check_dimension(embeddings)
         chunker = await asyncio.to_thread(
-            Chunker, ChunkingConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens)
+            Chunker,
+            ChunkingConfig(
+                max_tokens=s.chunk_max_tokens,
+                overlap_tokens=s.chunk_overlap_tokens,
+                max_chars=s.chunk_max_chars,
+            ),
         )
         self._store = store = await VectorStore.open(
             self.milvus_uri,

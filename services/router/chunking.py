@@ -42,12 +42,18 @@ class ChunkingConfig:
 
     max_tokens: int = 200  # MiniLM takes 256 incl. [CLS]/[SEP]
     overlap_tokens: int = 32  # maximum overlap; must be < max_tokens
+    # Characters per chunk, whatever the token count: a run the tokenizer reads as one token
+    # ("é" or an emoji thousands of times) is one "token" of any length, and the embed service
+    # refuses texts over its max_chars_per_text (8192). Such a run is cut at this many characters.
+    max_chars: int = 4096
 
     def __post_init__(self) -> None:
         if self.max_tokens < MIN_MAX_TOKENS:
             raise ValueError(f"chunking max_tokens must be >= {MIN_MAX_TOKENS}, got {self.max_tokens}")
         if self.overlap_tokens < 0:
             raise ValueError(f"chunking overlap_tokens must be >= 0, got {self.overlap_tokens}")
+        if self.max_chars < MIN_MAX_TOKENS:
+            raise ValueError(f"chunking max_chars must be >= {MIN_MAX_TOKENS}, got {self.max_chars}")
         if self.overlap_tokens >= self.max_tokens:
             raise ValueError(
                 f"chunking overlap_tokens ({self.overlap_tokens}) must be less than "
@@ -99,9 +105,15 @@ class Chunker:
         if not text.strip():
             return []
         splitter = self._markdown if markdown else self._text
+        limit = self.config.max_chars
+        pieces = [
+            (start + cut, piece[cut : cut + limit])
+            for start, piece in splitter.chunk_indices(text)
+            for cut in range(0, len(piece), limit)
+        ]
         return [
             Chunk(index=i, text=piece, start=start, end=start + len(piece))
-            for i, (start, piece) in enumerate(splitter.chunk_indices(text))
+            for i, (start, piece) in enumerate(pieces)
         ]
 
     def count_tokens(self, text: str) -> int:

@@ -74,6 +74,9 @@ class RouterSettings(BaseSettings):
     # Ingestion.
     chunk_max_tokens: Annotated[int, Field(ge=16, le=256)] = 200
     chunk_overlap_tokens: Annotated[int, Field(ge=0)] = 32
+    # Characters per chunk whatever its token count (a run read as one token can be any length);
+    # at most the embed service's FORGE_EMBED_MAX_CHARS_PER_TEXT (8192).
+    chunk_max_chars: Annotated[int, Field(ge=16)] = 4096
     # Caps on what one caller may send (issue 12): each refusal is INVALID_ARGUMENT naming the
     # field and the limit, or RESOURCE_EXHAUSTED (with RetryInfo and an ErrorInfo reason) for a
     # count of things held at once. All are checked before any chunking, embedding or Milvus call.

@@ -220,3 +220,15 @@ def test_config_defaults() -> None:
     config = ChunkingConfig()
     assert (config.max_tokens, config.overlap_tokens) == (200, 32)
     assert ChunkingConfig(max_tokens=16, overlap_tokens=15).max_tokens == 16
+
+
+@pytest.mark.parametrize("run", ["é", "\x00", "😀", "x"])
+def test_a_run_read_as_one_token_is_cut_to_max_chars(run: str) -> None:
+    """The fuzzer's find: "x " + "é" * 10000 was one 10,002-character chunk, which the embed
+    service refuses (8192 characters), so the router's Ingest answered INTERNAL."""
+    chunker = Chunker(ChunkingConfig(max_chars=4096))
+    text = "x " + run * 10_000
+    chunks = chunker.chunk(text)
+    assert max(len(c.text) for c in chunks) <= 4096
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(text[c.start : c.end] == c.text for c in chunks)
