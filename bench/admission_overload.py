@@ -27,8 +27,20 @@ CPU time on a shared box moves with its load.
 Calls carry the mesh's admin API key (`_mesh.Mesh.metadata`): what a refusal costs includes the
 key check.
 
+All of it runs twice in one run, each time on a fresh mesh: without CPU sets
+(FORGE_PROFILE__CPU_SETS=none: every process anywhere, as before) and with the `cpu` profile's
+sets (router, guardrails and embed on CPU 0, the LLM with vLLM's engine core and busy-waiting worker
+on CPU 1 of a 2-CPU box; services/common/cpusets.py). Each service's CPUs are read back from its
+OpsService/GetInfo. A last table compares the two: refusal p50/p99 under 4x overload and in the
+burst (the LLM saturated by the holders), router CPU per refusal (estimated from the 4x phase, and
+measured in the burst), admitted p99, and LLM tokens/s (completion tokens of the admitted calls per
+second of the phase). Targets: with CPU sets, refusal p99 <= 5 ms while the LLM is saturated, and
+LLM tok/s within 10 % of the run without. The 4x phase also gets its refusal p99 without the
+phase's first 0.1 s, when all its clients call at once. --cpu-sets on|off runs one arm only; the
+caller's FORGE_PROFILE__CPU_SETS__<SERVICE> overrides apply to the arm with sets (another split).
+
     python bench/admission_overload.py [--capacity 4] [--duration 30] [--overload 4] [--refusals 2000]
-        [--csv calls.csv]
+        [--cpu-sets both|on|off] [--csv calls.csv]
 """
 
 from __future__ import annotations
@@ -42,11 +54,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
-from forge.v1 import common_pb2, guardrails_pb2, router_pb2, router_pb2_grpc
+from forge.v1 import common_pb2, guardrails_pb2, ops_pb2, ops_pb2_grpc, router_pb2, router_pb2_grpc
 from grpc import aio
 
 from services.common.status import retry_details
@@ -58,6 +70,10 @@ HOLD_PROMPT = "Count from 1 to 2000, separated by commas."
 Metadata = tuple[tuple[str, str], ...]
 CALL_TIMEOUT_S = 120.0
 TARGET_REJECTION_P99_MS = 5.0
+# LLM tokens/s with CPU sets: at least this share of the run without.
+TARGET_TOKENS_RATIO = 0.9
+# The start of a phase, when every client calls at once; left out of the "steady" refusal p99.
+HERD_S = 0.1
 OK = "OK"
 REJECTED = "RESOURCE_EXHAUSTED"
 
@@ -70,6 +86,7 @@ class Call:
     code: str  # gRPC status code name
     detail: str = ""  # ErrorInfo reason of an error; the guardrail verdict of a blocked answer
     retry_after_s: float | None = None
+    tokens: int = 0  # completion tokens of an admitted call
 
     @property
     def completed(self) -> bool:
@@ -92,6 +109,11 @@ class Phase:
 
     def count(self, code: str) -> int:
         return sum(c.code == code for c in self.calls)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The LLM's completion tokens per second, over the admitted calls of the phase."""
+        return sum(c.tokens for c in self.calls if c.code == OK) / self.wall_s
 
 
 def error_details(err: aio.AioRpcError) -> tuple[str, float | None]:
@@ -117,6 +139,7 @@ async def one_chat(
                 summary = reply.summary
         if summary is None:
             return Call(client, at, time.perf_counter() - started, "OK_WITHOUT_SUMMARY")
+        tokens = summary.usage.completion_tokens
         if summary.HasField("verdict"):
             v = summary.verdict
             stage = guardrails_pb2.Stage.Name(v.stage).removeprefix("STAGE_").lower()
@@ -125,7 +148,7 @@ async def one_chat(
         elapsed = time.perf_counter() - started
         reason, retry_after = error_details(err)
         return Call(client, at, elapsed, err.code().name, reason, retry_after)
-    return Call(client, at, time.perf_counter() - started, OK, verdict)
+    return Call(client, at, time.perf_counter() - started, OK, verdict, tokens=tokens)
 
 
 async def run_phase(
@@ -320,6 +343,17 @@ def write_csv(path: Path, phases: list[Phase]) -> None:
                 )
 
 
+def rejection_cpu_estimate(phases: list[Phase]) -> float | None:
+    """Router CPU per rejection in the overload phase (s): its router CPU less the accepted calls at
+    the at-capacity phase's CPU per call, over its rejections; None without rejections."""
+    base, over = phases[0], phases[-1]
+    rejections = over.count(REJECTED)
+    if not rejections:
+        return None
+    accepted_cost = base.router_cpu_s / max(1, base.count(OK))
+    return (over.router_cpu_s - over.count(OK) * accepted_cost) / rejections
+
+
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}" if base and base == base else "n/a"
 
@@ -368,8 +402,7 @@ def report(
     over = phases[-1]
     accepted_cost = base.router_cpu_s / max(1, base.count(OK))
     rejections = over.count(REJECTED)
-    if rejections:
-        per_rejection = (over.router_cpu_s - over.count(OK) * accepted_cost) / rejections
+    if (per_rejection := rejection_cpu_estimate(phases)) is not None:
         print(
             f"router CPU per rejection ~ (overload router CPU - accepted x {accepted_cost * 1000:.1f} ms, "
             f"the baseline's CPU per call) / {rejections} rejections = {per_rejection * 1000:.2f} ms"
@@ -421,6 +454,145 @@ def report(
     print(env_line)
 
 
+@dataclass
+class Arm:
+    """One run of every phase on its own mesh, with or without the profile's CPU sets."""
+
+    label: str
+    phases: list[Phase]
+    warmup: list[Call]
+    before: router_pb2.GetCapacityResponse
+    after: router_pb2.GetCapacityResponse
+    refusals: Refusals
+    env_line: str
+    cpus: dict[str, str]  # service -> the CPUs its GetInfo reports
+
+
+ARMS = {"off": "no CPU sets", "on": "CPU sets"}
+
+
+async def service_cpus(mesh: Mesh, metadata: Metadata) -> dict[str, str]:
+    """Each service's CPUs as its OpsService/GetInfo reports them (the router's with the admin key)."""
+    cpus = {}
+    for name, service in mesh.services.items():
+        async with mesh.channel(service) as channel:
+            info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(
+                ops_pb2.GetInfoRequest(), metadata=metadata if service.kind == "router" else (), timeout=10
+            )
+        cpus[name] = info.settings.get("cpus", "?")
+    return cpus
+
+
+async def run_arm(
+    args: argparse.Namespace,
+    request: router_pb2.ChatRequest,
+    admission: dict[str, str],
+    arm: str,
+    workdir: Path,
+) -> Arm:
+    """Start a fresh mesh with (`on`) or without (`off`) the cpu profile's CPU sets, and run the
+    phases and the refusal burst on it."""
+    label = ARMS[arm]
+    print(f"arm {label}: starting the mesh", file=sys.stderr)
+    async with Mesh(workdir, args.home) as mesh:
+        # Off: no sets. On: the profile's sets, with the caller's FORGE_PROFILE__CPU_SETS__<SERVICE>
+        # overrides (to try another split), never a FORGE_PROFILE__CPU_SETS=none from the shell.
+        if arm == "off":
+            for name in [n for n in mesh.env if n.startswith("FORGE_PROFILE__CPU_SETS")]:
+                del mesh.env[name]
+            mesh.env["FORGE_PROFILE__CPU_SETS"] = "none"
+        else:
+            mesh.env.pop("FORGE_PROFILE__CPU_SETS", None)
+        started = time.perf_counter()
+        llm, embed, guardrails = await mesh.start_backends()
+        await mesh.ready(embed)
+        router = await mesh.start("router", "router", mesh.router_env(workdir / "router.db", admission))
+        for service in (guardrails, router, llm):
+            await mesh.ready(service)
+        print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        metadata = mesh.metadata(TENANT)  # the admin key, acting for TENANT
+        cpus = await service_cpus(mesh, metadata)
+        print(f"arm {label}: CPUs {cpus}", file=sys.stderr)
+        async with mesh.channel(router) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            admin = router_pb2_grpc.AdminServiceStub(channel)
+            origin = time.perf_counter()
+            warmup = [await one_chat(stub, request, -1, origin, metadata) for _ in range(args.warmup)]
+            failed = [c for c in warmup if c.code != OK]
+            if failed:
+                raise RuntimeError(f"warm-up chats failed: {failed}")
+            router_pids = process_tree(router.process.pid)
+            before = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
+            phases = []
+            for name, clients in (
+                ("at capacity", args.capacity),
+                (f"{args.overload}x capacity", args.overload * args.capacity),
+            ):
+                print(f"phase {name}: {clients} clients for {args.duration:g} s", file=sys.stderr)
+                phases.append(
+                    await run_phase(name, stub, request, clients, args.duration, args, router_pids, metadata)
+                )
+            after = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
+            print(f"refusal phase: {args.refusals} refused calls", file=sys.stderr)
+            refusals = await refusal_phase(stub, admin, request, args, router.process.pid, metadata)
+        env_line = await model_line(llm.address, mesh.dialer)
+    return Arm(label, phases, warmup, before, after, refusals, env_line, cpus)
+
+
+def report_arms(args: argparse.Namespace, arms: list[Arm]) -> None:
+    """The arms side by side, and the CPU-set targets when both ran."""
+    print(
+        f"\n## Without and with CPU sets (same run, a fresh mesh each; {args.overload}x = the "
+        "overload phase)\n"
+    )
+    x = f"{args.overload}x"
+    print(
+        f"| arm | CPUs router / guardrails / embed / llm | refusal p50 ms ({x}) | refusal p99 ms ({x}) | "
+        f"refusal p99 ms ({x}, after its first {HERD_S:g} s) | refusal p50 ms (burst) | "
+        f"refusal p99 ms (burst) | router CPU ms per refusal ({x} est.) | "
+        f"router CPU ms per refusal (burst) | admitted p99 ms (at capacity) | admitted p99 ms ({x}) | "
+        f"LLM tok/s (at capacity) | LLM tok/s ({x}) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arm in arms:
+        base, over, burst = arm.phases[0], arm.phases[-1], arm.refusals
+        estimate = rejection_cpu_estimate(arm.phases)
+        cpus = " / ".join(arm.cpus.get(s, "?") for s in ("router", "guardrails", "embed", "llm"))
+        steady = [c.seconds * 1000 for c in over.calls if c.code == REJECTED and c.at_s >= HERD_S]
+        print(
+            f"| {arm.label} | {cpus} | {percentile(over.ms(code=REJECTED), 50):.2f} | "
+            f"{percentile(over.ms(code=REJECTED), 99):.2f} | {percentile(steady, 99):.2f} | "
+            f"{percentile(burst.ms, 50):.2f} | "
+            f"{percentile(burst.ms, 99):.2f} | "
+            f"{estimate * 1000 if estimate is not None else float('nan'):.2f} | "
+            f"{burst.cpu_per_refusal_s * 1000:.3f} | "
+            f"{percentile(base.ms(code=OK, completed=True), 99):.1f} | "
+            f"{percentile(over.ms(code=OK, completed=True), 99):.1f} | "
+            f"{base.tokens_per_s:.1f} | {over.tokens_per_s:.1f} |"
+        )
+    on = next((a for a in arms if a.label == ARMS["on"]), None)
+    off = next((a for a in arms if a.label == ARMS["off"]), None)
+    if on is None:
+        return
+    p99 = max(percentile(on.phases[-1].ms(code=REJECTED), 99), percentile(on.refusals.ms, 99))
+    verdict = "meets" if p99 <= TARGET_REJECTION_P99_MS else "MISSES"
+    line = (
+        f"targets with CPU sets: refusal p99 <= {TARGET_REJECTION_P99_MS:g} ms ({args.overload}x and burst): "
+        f"{p99:.2f} ms ({verdict})"
+    )
+    if off is not None:
+        tokens = min(
+            on.phases[0].tokens_per_s / max(1e-9, off.phases[0].tokens_per_s),
+            on.phases[-1].tokens_per_s / max(1e-9, off.phases[-1].tokens_per_s),
+        )
+        verdict = "meets" if tokens >= TARGET_TOKENS_RATIO else "MISSES"
+        line += (
+            f"; LLM tok/s >= {TARGET_TOKENS_RATIO:g} x without (worse of the two phases): "
+            f"{tokens:.2f} x ({verdict})"
+        )
+    print(line)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -442,7 +614,13 @@ async def main() -> int:
         "--background-s", type=float, default=2.0, help="holders-only CPU window before and after the burst"
     )
     parser.add_argument(
-        "--csv", type=Path, help="also write every call (phase, client, start, ms, status) here"
+        "--cpu-sets",
+        choices=["both", "on", "off"],
+        default="both",
+        help="run without CPU sets, then with the cpu profile's (both), or one of them",
+    )
+    parser.add_argument(
+        "--csv", type=Path, help="also write every call (arm/phase, client, start, ms, status) here"
     )
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FORGE_HOME with the model prepared")
     args = parser.parse_args()
@@ -458,50 +636,18 @@ async def main() -> int:
         "FORGE_PROFILE__ADMISSION__MAX_SESSIONS_PER_TENANT": "0",
         "FORGE_PROFILE__ADMISSION__QUEUE__ENABLED": "false",
     }
+    which = ["off", "on"] if args.cpu_sets == "both" else [args.cpu_sets]
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
-        workdir = Path(tmp)
-        async with Mesh(workdir, args.home) as mesh:
-            started = time.perf_counter()
-            llm, embed, guardrails = await mesh.start_backends()
-            await mesh.ready(embed)
-            router = await mesh.start("router", "router", mesh.router_env(workdir / "router.db", admission))
-            for service in (guardrails, router, llm):
-                await mesh.ready(service)
-            print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            metadata = mesh.metadata(TENANT)  # the admin key, acting for TENANT
-            async with mesh.channel(router) as channel:
-                stub = router_pb2_grpc.RouterServiceStub(channel)
-                admin = router_pb2_grpc.AdminServiceStub(channel)
-                origin = time.perf_counter()
-                warmup = [await one_chat(stub, request, -1, origin, metadata) for _ in range(args.warmup)]
-                failed = [c for c in warmup if c.code != OK]
-                if failed:
-                    raise RuntimeError(f"warm-up chats failed: {failed}")
-                router_pids = process_tree(router.process.pid)
-                before = await admin.GetCapacity(
-                    router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10
-                )
-                phases = []
-                for name, clients in (
-                    ("at capacity", args.capacity),
-                    (f"{args.overload}x capacity", args.overload * args.capacity),
-                ):
-                    print(f"phase {name}: {clients} clients for {args.duration:g} s", file=sys.stderr)
-                    phases.append(
-                        await run_phase(
-                            name, stub, request, clients, args.duration, args, router_pids, metadata
-                        )
-                    )
-                after = await admin.GetCapacity(
-                    router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10
-                )
-                print(f"refusal phase: {args.refusals} refused calls", file=sys.stderr)
-                refusals = await refusal_phase(stub, admin, request, args, router.process.pid, metadata)
-            env_line = await model_line(llm.address, mesh.dialer)
-    report(args, phases, warmup, before, after, env_line)
-    report_refusals(args, phases[0], refusals)
+        for arm in which:
+            (Path(tmp) / arm).mkdir()
+        arms = [await run_arm(args, request, admission, arm, Path(tmp) / arm) for arm in which]
+    for arm in arms:
+        print(f"\n# Arm: {arm.label} (CPUs per service: {arm.cpus})")
+        report(args, arm.phases, arm.warmup, arm.before, arm.after, arm.env_line)
+        report_refusals(args, arm.phases[0], arm.refusals)
+    report_arms(args, arms)
     if args.csv is not None:
-        write_csv(args.csv, phases)
+        write_csv(args.csv, [replace(p, name=f"{a.label}/{p.name}") for a in arms for p in a.phases])
     return 0
 
 

@@ -7,12 +7,14 @@ What it writes (every file starts with a "generated" header; edit the profile, n
 
   deploy/compose/<sku>.yaml              every GPU profile: a compose override for
                                          deploy/docker-compose.yaml (profile env, image target, the
-                                         GPU for each service whose slice is > 0; forge-init's image)
+                                         GPU for each service whose slice is > 0, each service's
+                                         `cpuset` from the profile's cpu_sets; forge-init's image)
   deploy/compose/<sku>.mps.yaml          every profile where `isolation: mps` validates (Volta+, not
                                          unified memory, buffer holds the context reserves): the MPS
                                          control daemon and each GPU service's pinned memory limit
   deploy/docker-compose.cpu.yaml         profile cpu: the stack of deploy/docker-compose.yaml with
-                                         no GPU anywhere (standalone, not an override)
+                                         no GPU anywhere (standalone, not an override), `cpuset`s
+                                         as above
   deploy/k8s/overlays/<sku>/kustomization.yaml   every profile
 
 Every Forge service gets FORGE_PROFILE=<sku> and the profile's slices, buffer and admission
@@ -41,6 +43,7 @@ from services.common.config import (  # noqa: E402
     SkuProfile,
     load_profiles,
 )
+from services.common.cpusets import parse_cpu_list  # noqa: E402
 from services.common.isolation import MPS_LIMIT_ENV, MPS_PIPE_ENV, mps_limit_value  # noqa: E402
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -130,6 +133,16 @@ def mps_profile(name: str, raw: dict[str, Any]) -> SkuProfile | None:
         return None
 
 
+def compose_cpuset(profile: SkuProfile, service: str) -> str | None:
+    """The container's `cpuset`: the service's CPU set when it names fixed CPUs. An open-ended set
+    ("1-": CPU 1 to the machine's last) has no compose form; the service pins itself in the
+    container instead (services/common/cpusets.py), as it does everywhere when not confined."""
+    text = profile.cpu_sets.of(service)
+    if text is None or parse_cpu_list(text).open_from is not None:
+        return None
+    return text
+
+
 def _build(target: str) -> dict[str, str]:
     return {"context": "..", "dockerfile": DOCKERFILE, "target": target}
 
@@ -148,6 +161,8 @@ def compose_override(name: str, profile: SkuProfile, raw: dict[str, Any], versio
         # when the profile gives them a slice.
         if service in ("embed", "guardrails") and profile.slices.of(service) > 0:
             entry["deploy"] = GPU_RESERVATION
+        if (cpuset := compose_cpuset(profile, service)) is not None:
+            entry["cpuset"] = cpuset
         services[service] = entry
     services[INIT_SERVICE] = {"image": COMPOSE_IMAGE % (version, target), "build": _build(target)}
     return {"services": services}
@@ -194,7 +209,7 @@ def compose_mps(name: str, profile: SkuProfile) -> dict[str, Any]:
     return {"services": services, "volumes": {"forge-mps-pipe": {}, "forge-mps-log": {}}}
 
 
-def compose_cpu(raw: dict[str, Any], version: str) -> dict[str, Any]:
+def compose_cpu(profile: SkuProfile, raw: dict[str, Any], version: str) -> dict[str, Any]:
     """deploy/docker-compose.yaml with the GPU taken out: cpu image, no device reservations, no host
     PID namespace (no NVML to match), profile cpu."""
     base = yaml.safe_load(COMPOSE_BASE.read_text())
@@ -208,6 +223,8 @@ def compose_cpu(raw: dict[str, Any], version: str) -> dict[str, Any]:
         entry.pop("pid", None)
         entry["environment"].pop("NVIDIA_DRIVER_CAPABILITIES", None)
         entry["environment"].update(env)
+        if (cpuset := compose_cpuset(profile, service)) is not None:
+            entry["cpuset"] = cpuset
     stack["services"][INIT_SERVICE]["image"] = COMPOSE_IMAGE % (version, "cpu")
     stack["services"][INIT_SERVICE]["build"] = _build("cpu")
     return stack
@@ -274,7 +291,36 @@ def _describe(profile: SkuProfile) -> str:
     return (
         f"# {profile.device.name}, {profile.device.memory_gib:g} GiB; slices {parts or 'none (CPU)'}; "
         f"buffer {profile.buffer:.2f}; max_sessions {profile.admission.max_sessions}.\n"
+        + _describe_cpu_sets(profile)
     )
+
+
+def _describe_cpu_sets(profile: SkuProfile) -> str:
+    sets = profile.cpu_sets
+    if not sets.enabled:
+        return "# CPU sets: none.\n"
+    named = ", ".join(f"{s} {sets.of(s)}" for s in FORGE_SERVICES)
+    return f"# CPU sets ({sets.host_cpus} CPUs): {named}.\n"
+
+
+def _cpu_requests(profile: SkuProfile) -> str:
+    """Kubernetes guidance: the CPU count of each service's set, as the integer CPU request (= limit)
+    of a Guaranteed pod, which the kubelet's static CPU manager policy gives exclusive CPUs."""
+    sets = profile.cpu_sets
+    host = sets.host_cpus or 0
+    counts = []
+    for service in FORGE_SERVICES:
+        spec = parse_cpu_list(sets.of(service) or "0")
+        counts.append(f"{service} {len(spec.resolve(range(host)))}")
+    return ", ".join(counts)
+
+
+K8S_CPU_GUIDANCE = (
+    "# CPU: in a pod Forge does not pin itself; the kubelet does. With --cpu-manager-policy=static,\n"
+    "# a Guaranteed pod (requests = limits, an integer CPU count) gets CPUs of its own, so vLLM's\n"
+    "# busy-wait cannot slow the router. The profile's sets (for {host} CPUs) suggest: {requests}.\n"
+    "# See docs/operations.md, 'CPU sets'.\n"
+)
 
 
 def render() -> dict[Path, str]:
@@ -303,8 +349,10 @@ def render() -> dict[Path, str]:
                 "# The whole stack without a GPU (standalone):\n"
                 "#   docker compose -f deploy/docker-compose.cpu.yaml up -d\n"
             )
-            files[COMPOSE_CPU] = head + usage + dump(compose_cpu(raw[name], version))
+            files[COMPOSE_CPU] = head + usage + dump(compose_cpu(profile, raw[name], version))
         usage = f"#   kubectl apply -k deploy/k8s/overlays/{name}\n"
+        if profile.cpu_sets.enabled:
+            usage += K8S_CPU_GUIDANCE.format(host=profile.cpu_sets.host_cpus, requests=_cpu_requests(profile))
         files[OVERLAYS_DIR / name / "kustomization.yaml"] = (
             head + usage + dump(k8s_overlay(name, profile, raw[name], version))
         )

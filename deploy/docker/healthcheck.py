@@ -22,7 +22,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-
 # A proxy in the container's environment must not capture a loopback health check.
 OPTIONS = [("grpc.enable_http_proxy", 0)]
 

@@ -458,11 +458,21 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     crash; Ctrl-C stops them all cleanly. At first start it makes the mesh's private CA and
     certificates (FORGE_HOME/tls) and an admin API key (FORGE_HOME/keys/admin.key)."""
     from services.cli.supervisor import ChildSpec, Supervisor, child_env
+    from services.common.cpusets import Machine, format_cpu_list, place
     from services.common.isolation import mps_startup_warning, service_environment
 
     profile = _profile_or_exit(settings.profile)
     if warning := mps_startup_warning(profile):
         click.echo(f"warning: {warning}", err=True)
+    # Each service pins itself to its CPU set at start (it reads the same profile); these are the
+    # CPUs it will get on this machine, and why not the profile's where the machine is smaller.
+    machine = Machine.this()
+    placements = {
+        s: place(s, profile.cpu_sets.of(s), machine, profile.cpu_sets.host_cpus) for s in MESH_SERVICES
+    }
+    for placement in placements.values():
+        if placement.warning:
+            click.echo(f"warning: {placement.warning}", err=True)
     home = settings.home_dir()
     dialers, tls_dir = _first_start_security(home, public_tls)
     specs = [
@@ -496,9 +506,11 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
         if ready.is_set():
             click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
             for spec in specs:
+                cpus = placements[spec.service]
                 click.echo(
                     f"  {spec.service:<11} grpc {host}:{spec.port}   "
                     f"metrics http://{host}:{spec.metrics_port}/metrics"
+                    + (f"   CPUs {format_cpu_list(cpus.cpus)}" if cpus.requested is not None else "")
                 )
             milvus = os.environ.get("FORGE_ROUTER_MILVUS_URI") or str(home / "milvus" / "forge.db")
             click.echo(f"  {'milvus':<11} {milvus} (owned by the router)")

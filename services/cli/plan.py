@@ -1,9 +1,12 @@
 """`forge plan`: the GPU slice plan of a SKU profile, in fractions and bytes, and how each slice
-is enforced under the profile's isolation mode."""
+is enforced under the profile's isolation mode; the profile's CPU sets and where each service
+would run on this machine, with a warning where the machine has fewer CPUs than the profile
+assumes."""
 
 from __future__ import annotations
 
 from services.common.config import GIB, SERVICES_WITH_SLICES, Isolation, SkuProfile
+from services.common.cpusets import CPU_SET_SERVICES, VLLM_BIND_ENV, Machine, format_cpu_list, place
 from services.common.isolation import ISOLATION_SUMMARY, MPS_LIMIT_ENV, enforcement
 
 
@@ -11,7 +14,43 @@ def _gib(n: int) -> str:
     return f"{n / GIB:8.2f} GiB"
 
 
-def render_plan(profile: SkuProfile) -> str:
+def render_cpu_sets(profile: SkuProfile, machine: Machine) -> list[str]:
+    """The CPU-set lines: the profile's set per service, the CPUs it gets here, its thread pools."""
+    sets = profile.cpu_sets
+    if not sets.enabled:
+        return [
+            f"cpu sets     none: each process runs where the OS puts it (this machine: {machine.describe()})"
+        ]
+    lines = [
+        f"cpu sets     written for {sets.host_cpus} CPUs; this machine: {machine.describe()}",
+        f"{'service':<12}{'profile':<10}{'here':<10}{'threads':>7}",
+    ]
+    placements = [place(s, sets.of(s), machine, sets.host_cpus) for s in CPU_SET_SERVICES]
+    for p in placements:
+        notes = [f"vLLM OpenMP bind {p.environment[VLLM_BIND_ENV]}"] if VLLM_BIND_ENV in p.environment else []
+        if p.warning or machine.in_kubernetes:
+            notes.append(p.note)
+        row = f"{p.service:<12}{p.requested or '':<10}{format_cpu_list(p.cpus):<10}{p.threads or '':>7}"
+        lines.append(f"{row}  {'; '.join(notes)}".rstrip())
+    if len(machine.online) < (sets.host_cpus or 0):
+        lines.append(
+            f"warning: this machine has {len(machine.online)} CPUs, the profile's sets are written for "
+            f"{sets.host_cpus}: each service starts on the CPUs shown (`here`), with a warning"
+        )
+    else:
+        lines += [f"warning: {p.warning}" for p in placements if p.warning]
+    llm = next(p for p in placements if p.service == "llm")
+    shared = {p.service: p.cpus & llm.cpus for p in placements if p is not llm and p.cpus & llm.cpus}
+    if shared:
+        lines.append(
+            "warning: here the LLM shares CPUs with "
+            + ", ".join(f"{s} ({format_cpu_list(c)})" for s, c in shared.items())
+            + ": vLLM's busy-wait can delay them"
+        )
+    return lines
+
+
+def render_plan(profile: SkuProfile, machine: Machine | None = None) -> str:
     dev = profile.device
     lines = [
         f"profile      {profile.name}: {profile.description}",
@@ -50,4 +89,5 @@ def render_plan(profile: SkuProfile) -> str:
             f"MPS: `forge up` sets {MPS_LIMIT_ENV} per GPU service; the control daemon must run "
             "(nvidia-cuda-mps-control -d)"
         )
+    lines += ["", *render_cpu_sets(profile, machine or Machine.this())]
     return "\n".join(lines)

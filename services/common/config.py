@@ -1,4 +1,4 @@
-"""SKU profiles: the GPU memory plan and session limits of one appliance model.
+"""SKU profiles: the GPU memory plan, CPU sets and session limits of one appliance model.
 
 Loaded from `deploy/sku_profiles.yaml` (or `FORGE_SKU_PROFILES`), overridden field by field from
 `FORGE_PROFILE__<FIELD>[__<SUBFIELD>]` environment variables, and validated as a whole: every
@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.common.cpusets import CPU_SET_SERVICES, CpuSetError, parse_cpu_list
 from services.common.yamlfile import read_yaml, validation_problems
 
 GIB = 1024**3
@@ -77,6 +78,61 @@ class Slices(_Strict):
         return float(getattr(self, service))
 
 
+class CpuSets(_Strict):
+    """Logical CPUs per service (services.common.cpusets): "0", "1-3", "0,2", "1-" (CPU 1 to the
+    last). `host_cpus` is the CPU count of the box the sets are written for. No sets (`none`, the
+    default) = no pinning, as before CPU sets."""
+
+    host_cpus: Annotated[int, Field(ge=1)] | None = None
+    router: str | None = None
+    guardrails: str | None = None
+    embed: str | None = None
+    llm: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_means_no_sets(cls, data: Any) -> Any:
+        # `none`, or YAML's null / off (false): no sets.
+        if data is None or data is False or (isinstance(data, str) and data.strip().lower() in ("none", "")):
+            return {}
+        if isinstance(data, dict):  # YAML reads 0 or 1 as a number
+            return {
+                k: (str(v) if k in CPU_SET_SERVICES and isinstance(v, int) else v) for k, v in data.items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _sets_fit_the_box(self) -> CpuSets:
+        named = {s: getattr(self, s) for s in CPU_SET_SERVICES if getattr(self, s) is not None}
+        if not named:
+            return self
+        if missing := [s for s in CPU_SET_SERVICES if s not in named]:
+            raise ValueError(
+                f"CPU sets must name every service or none ({', '.join(CPU_SET_SERVICES)}); "
+                f"missing {', '.join(missing)} (a service without a set would run on the others' CPUs)"
+            )
+        if self.host_cpus is None:
+            raise ValueError("host_cpus (the CPU count of the box the sets are written for) is required")
+        for service, text in named.items():
+            try:
+                spec = parse_cpu_list(text)
+            except CpuSetError as exc:
+                raise ValueError(f"{service}: {exc}") from exc
+            if spec.needs_cpus > self.host_cpus:
+                raise ValueError(
+                    f"{service}: CPU set {text!r} needs {spec.needs_cpus} CPUs, host_cpus is {self.host_cpus}"
+                )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.llm is not None
+
+    def of(self, service: str) -> str | None:
+        """The service's set as written, or None (no sets, or a process without one)."""
+        return getattr(self, service) if service in CPU_SET_SERVICES else None
+
+
 class QueueConfig(_Strict):
     enabled: bool = False
     max_depth: Annotated[int, Field(ge=1)] = 32
@@ -100,6 +156,7 @@ class SkuProfile(_Strict):
     llm_engine: Literal["vllm", "llama_cpp"] = "vllm"
     buffer: Fraction = 0.0
     slices: Slices
+    cpu_sets: CpuSets = CpuSets()
     admission: AdmissionConfig
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
+from services.common import cpusets
 from services.common.channels import Dialer
 from services.common.config import ConfigError, SkuProfile, load_profile
 from services.common.credentials import SecurityError, dialer_for, is_loopback, server_security
@@ -66,8 +67,26 @@ def serve(entry: ServiceEntry, settings: ForgeSettings, options: ServerOptions) 
         app = entry.build(profile, home, dialer)
     except ValueError as exc:  # pydantic's ValidationError and the policy/config errors
         raise ServeError(f"invalid {entry.configuration}:\n{exc}") from exc
+    apply_cpu_set(entry.name, profile)
     options = replace(options, security=security, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     return asyncio.run(run_service(app, profile, options))
+
+
+def apply_cpu_set(service: str, profile: SkuProfile) -> cpusets.Placement:
+    """Pin this process to the service's CPU set from the profile and size its thread pools, then
+    log where it runs. Called once the service is built (settings valid) and before it loads its
+    model: torch, vLLM and the tokenizers are imported, and vLLM's engine core and worker started,
+    after this, so they inherit the affinity and read the thread-pool variables. A machine with
+    fewer CPUs than the profile assumes degrades to the CPUs it has, with a warning."""
+    placement = cpusets.place(
+        service, profile.cpu_sets.of(service), cpusets.Machine.this(), profile.cpu_sets.host_cpus
+    )
+    if placement.warning:
+        log.warning("%s", placement.warning)
+    if problem := cpusets.apply(placement):
+        log.warning("%s", problem)
+    log.info("%s", placement.summary())
+    return placement
 
 
 def serve_main(entry: ServiceEntry, argv: Sequence[str] | None = None) -> NoReturn:

@@ -141,8 +141,16 @@ class ForgeServer:
         ]
 
     def _info_settings(self) -> Mapping[str, str]:
+        from services.common.cpusets import current_cpus
+
         security = self.options.security
-        return {**self.app.settings_summary(), "transport": security.transport, "auth": security.auth}
+        return {
+            **self.app.settings_summary(),
+            "transport": security.transport,
+            "auth": security.auth,
+            # The CPUs this process runs on (its profile's CPU set once pinned), as Linux lists them.
+            "cpus": current_cpus(),
+        }
 
     def reload_certificates(self) -> None:
         """SIGHUP: read the TLS files again for the next connections, served and dialled."""
