@@ -23,7 +23,8 @@ from grpc import aio
 from services.common.channels import Dialer
 from services.common.config import load_profile
 from services.common.credentials import dialer_for
-from services.common.security.settings import SecuritySettings
+from services.common.security.keys import KeyStore, ensure_admin_key
+from services.common.security.settings import SecuritySettings, admin_key_path
 from services.common.security.tls import TlsDir, ensure_tls_dir
 from services.common.server import ForgeServer, ServerOptions, ServiceApp
 
@@ -103,6 +104,13 @@ def mesh_dialer(identity: str = "client", home: Path | None = None) -> Dialer:
     home = home or forge_test_home()
     mesh_tls(home)
     return dialer_for(identity, SecuritySettings(internal_tls="mtls", tls_dir=str(home / "tls")), home)
+
+
+def admin_key(home: Path | None = None) -> str:
+    """The admin API key of a test FORGE_HOME, made at first use as `forge up` makes it."""
+    home = home or forge_test_home()
+    ensure_admin_key(KeyStore(home / "keys" / "keys.yaml"), admin_key_path(home))
+    return admin_key_path(home).read_text().strip()
 
 
 def bearer(key: str, tenant: str | None = None) -> tuple[tuple[str, str], ...]:

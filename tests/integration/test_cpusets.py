@@ -29,8 +29,7 @@ from services.common.cpusets import (
     parse_cpu_list,
     place,
 )
-from services.common.security.settings import admin_key_path
-from tests.helpers import ServiceProcess, bearer, forge_test_home
+from tests.helpers import ServiceProcess, admin_key, bearer, forge_test_home
 
 pytestmark = [
     pytest.mark.slow,
@@ -144,7 +143,7 @@ async def test_each_service_and_its_children_run_on_its_set(mesh: dict[str, Serv
 
 async def test_get_info_reports_the_cpus(mesh: dict[str, ServiceProcess]) -> None:
     env = service_env()
-    admin = bearer(admin_key_path(forge_test_home()).read_text().strip())
+    admin = bearer(admin_key(forge_test_home()))
     for service in CPU_SET_SERVICES:
         async with mesh[service].channel() as channel:
             info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(
