@@ -11,9 +11,9 @@ import grpc
 from forge.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 from services.common.channels import CLIENT_OPTIONS, insecure_blocking_channel
+from services.common.security.access import TENANT_HEADER
 from services.common.security.settings import admin_key_path
 
-TENANT_HEADER = "x-forge-tenant"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 
 

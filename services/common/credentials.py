@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.common.channels import PLAINTEXT, Dialer
+from services.common.reloading_channel import files_stamp
 from services.common.security.keys import KeyRing
 from services.common.security.settings import SecuritySettings
 from services.common.security.tls import TlsDir
@@ -27,17 +28,6 @@ log = logging.getLogger(__name__)
 
 class SecurityError(Exception):
     """Security settings that cannot be served (missing certificates, half a TLS pair)."""
-
-
-def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:
-    stamps = []
-    for p in paths:
-        try:
-            st = p.stat()
-            stamps.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            stamps.append((0, 0))
-    return tuple(stamps)
 
 
 def _check_pair(cert_pem: bytes, key_pem: bytes, where: Path) -> None:
@@ -60,7 +50,7 @@ class ReloadingServerCertificate:
         self._paths = [p for p in (cert, key, client_ca) if p is not None]
         self._lock = threading.Lock()
         self._forced = False
-        self._stamp = _stamp(self._paths)
+        self._stamp = files_stamp(self._paths)
         self.initial = self._read()
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
@@ -75,7 +65,7 @@ class ReloadingServerCertificate:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC calls this before every new TLS handshake: None keeps the current certificate."""
         with self._lock:
-            stamp = _stamp(self._paths)
+            stamp = files_stamp(self._paths)
             if stamp == self._stamp and not self._forced:
                 return None
             self._stamp, self._forced = stamp, False

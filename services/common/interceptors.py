@@ -19,7 +19,7 @@ from grpc import aio
 
 from services.common import metrics
 from services.common.errors import ForgeError, Internal, PermissionDenied, Unauthenticated, Unavailable
-from services.common.security.access import CURRENT_CALLER, authorize
+from services.common.security.access import CURRENT_CALLER, TENANT_HEADER, authorize
 from services.common.security.keys import KeyRing
 from services.common.status import internal_status, status_for
 
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 UNWRAPPED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # Calls that need no API key: health, for load balancers and Kubernetes probes.
 OPEN_PREFIXES = ("/grpc.health.v1.",)
-# The caller names the tenant it acts for (its own, or any with an admin key).
-TENANT_HEADER = "x-forge-tenant"
 
 Behavior = Callable[[Any, aio.ServicerContext[Any, Any]], Any]
 

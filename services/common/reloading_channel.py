@@ -35,7 +35,8 @@ def request_reload() -> None:
     _reload_generation += 1
 
 
-def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+def files_stamp(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+    """(mtime, size) of each file, (0, 0) for a missing one: what tells a rewritten TLS file."""
     stamps = []
     for path in paths:
         try:
@@ -64,7 +65,7 @@ class ReloadingChannel(aio.Channel):
         self._open = open_channel
         self._watched = tuple(watched)
         self._recheck_s = recheck_s
-        self._stamp = _stamp(self._watched)
+        self._stamp = files_stamp(self._watched)
         self._generation = _reload_generation
         self._checked = time.monotonic()
         self._channel = open_channel()
@@ -77,7 +78,7 @@ class ReloadingChannel(aio.Channel):
             return self._channel
         self._checked, forced = now, self._generation != _reload_generation
         self._generation = _reload_generation
-        stamp = _stamp(self._watched)
+        stamp = files_stamp(self._watched)
         if stamp == self._stamp and not forced:
             return self._channel
         try:

@@ -40,6 +40,7 @@ from services.common.interceptors import (
 )
 from services.common.metrics import MetricsEndpoint, serve_metrics
 from services.common.ops import OpsServicer
+from services.common.settings import DEFAULT_MAX_CONCURRENT_RPCS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class ServerOptions:
     security: ServerSecurity = ServerSecurity()  # noqa: RUF009 - frozen, shared safely
     # Calls in flight beyond this are refused by gRPC with RESOURCE_EXHAUSTED before any handler
     # runs: a flood of slow streams cannot exhaust the process.
-    maximum_concurrent_rpcs: int | None = 512
+    maximum_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS
 
 
 def forge_version() -> str:

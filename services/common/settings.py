@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Local defaults (DESIGN.md): gRPC port and Prometheus port per service.
 DEFAULT_GRPC_PORTS = {"router": 50051, "llm": 50052, "embed": 50053, "guardrails": 50054}
+DEFAULT_MAX_CONCURRENT_RPCS = 512
 DEFAULT_METRICS_PORTS = {"router": 9101, "llm": 9102, "embed": 9103, "guardrails": 9104}
 
 
@@ -24,7 +25,7 @@ class ForgeSettings(BaseSettings):
     # Calls one server runs at once; gRPC refuses more with RESOURCE_EXHAUSTED before any handler
     # runs. Far above what admission lets through (sessions, the embed queue), so it only bites a
     # flood: streams that hold a connection slot each, or a client opening calls without end.
-    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 512
+    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = DEFAULT_MAX_CONCURRENT_RPCS
 
     def home_dir(self) -> Path:
         path = self.home.expanduser()

@@ -13,6 +13,8 @@ from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.security.keys import KeyRing, Principal
 
 BEARER = "bearer "
+# The metadata header naming the tenant a call acts for (its own, or any with an admin key).
+TENANT_HEADER = "x-forge-tenant"
 
 
 @dataclass(frozen=True)

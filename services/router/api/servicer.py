@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from services.common.codec import finding_to_pb, sampling_from_pb
 from services.common.errors import InvalidArgument
-from services.common.security.access import CURRENT_CALLER
+from services.common.security.access import CURRENT_CALLER, TENANT_HEADER
 from services.router import validation
 from services.router.deadline import Deadline
 from services.router.documents import Documents
@@ -21,7 +21,6 @@ from services.router.rag import ChatOrchestrator
 from services.router.search import Searcher
 from services.router.wire import DECISION_TO_PB, FINISH_TO_PB, PRIORITY_FROM_PB, STAGE_TO_PB
 
-TENANT_HEADER = "x-forge-tenant"
 TRACE_ID_HEADER = "x-forge-trace-id"
 DEFAULT_TENANT = "default"
 
