@@ -71,6 +71,7 @@ class GuardrailsApp:
         guard, self.servicer.guard = self.servicer.guard, None
         if guard is not None:
             close_rails(guard.rails)  # e.g. the judge's channel to the LLM service
+            guard.close()  # the rails' threads
 
     def compute_device(self) -> str:
         if self.parts is not None and self.parts.encoder is not None:

@@ -1,6 +1,8 @@
-"""The guardrails domain core: validate a request, normalise the text, run the stage's rails
-concurrently (each in a worker thread under its own timeout), and combine their hits into one
-verdict. Nothing here knows about gRPC.
+"""The guardrails domain core: validate a request, take a place in the queue of every rail the
+stage needs (or refuse: RESOURCE_EXHAUSTED), normalise the text, run the rails concurrently (each
+on its own threads, under a timeout that counts its run, not its queue), and combine their hits
+into one verdict: what to redact (keeping entities the request's grounding holds), what blocks,
+and which rails failed open. Nothing here knows about gRPC.
 
 Tracing: a check is a span "guardrails.check" (stage, decision, findings) with one child span per
 rail, "guardrails.rail.<name>" (its decision: allow, or the policy's action when it hit; hits,
@@ -9,11 +11,9 @@ top score; failed and why)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from collections.abc import Mapping
-from concurrent.futures import Executor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -21,10 +21,16 @@ from opentelemetry.trace import Span
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.guardrails import metrics
+from services.guardrails.grounding import Grounding, GroundingText, validate_grounding
 from services.guardrails.normalize import Normalized, normalize
-from services.guardrails.policy import Action, OnFailure, Policy, Stage
+from services.guardrails.policy import Action, OnFailure, Policy, RailConfig, Stage
 from services.guardrails.rails.base import Hit, Rail
 from services.guardrails.redact import redact
+from services.guardrails.workers import RailWorkers, Reservation
+
+NORMALIZE = "normalize"  # the normalisation step's workers, bounded like a rail's
+NORMALIZE_WORKERS = 1
+NORMALIZE_QUEUE = 64
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.guardrails")
@@ -41,11 +47,24 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class KeptEntity:
+    """A redacting rail's hit kept because the grounding text `source` holds it too."""
+
+    rail: str
+    category: str
+    start: int
+    end: int
+    source: str
+
+
+@dataclass(frozen=True)
 class RailTiming:
     rail: str
-    seconds: float
+    seconds: float  # ran
     failed: bool
     reason: str = ""  # "timeout" or the exception type when failed
+    queued_s: float = 0.0  # waited for one of the rail's threads
+    failed_open: bool = False  # failed, and on_failure open let the text pass without it
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,12 @@ class Verdict:
     redacted_text: str
     timings: list[RailTiming]
     policy_version: str
+    kept: list[KeptEntity] = field(default_factory=list)
+
+    @property
+    def unchecked_rails(self) -> list[str]:
+        """Rails that failed open: the decision was taken without them."""
+        return [t.rail for t in self.timings if t.failed_open]
 
     @property
     def allowed(self) -> bool:
@@ -80,39 +105,53 @@ def validate(text: str, stage: Stage | None, max_chars: int) -> Stage:
 
 
 class Guard:
-    def __init__(self, policy: Policy, rails: Mapping[str, Rail], executor: Executor | None = None) -> None:
-        """`executor` runs the rails' scans (None: the loop's default thread pool)."""
+    def __init__(self, policy: Policy, rails: Mapping[str, Rail]) -> None:
         missing = [name for name in policy.used_rails() if name not in rails]
         if missing:
             raise ValueError(f"rails named by the policy but not built: {missing}")
         self.policy = policy
         self.rails = dict(rails)
-        self._executor = executor
+        self.workers = {
+            name: RailWorkers(name, policy.rails[name].workers, policy.rails[name].max_queue)
+            for name in policy.used_rails()
+        }
+        self._normalize = RailWorkers(NORMALIZE, NORMALIZE_WORKERS, NORMALIZE_QUEUE)
 
-    async def check(self, text: str, stage: Stage | None) -> Verdict:
+    def close(self) -> None:
+        for workers in (*self.workers.values(), self._normalize):
+            workers.shutdown()
+
+    async def check(self, text: str, stage: Stage | None, grounding: Sequence[GroundingText] = ()) -> Verdict:
         with tracer.start_as_current_span("guardrails.check") as span:
             stage = validate(text, stage, self.policy.max_chars)
+            validate_grounding(grounding)
             span.set_attributes({"forge.stage": stage.value, "forge.text_chars": len(text)})
-            doc = await asyncio.to_thread(normalize, text)
             names = self.policy.rails_for(stage)
-            outcomes = await asyncio.gather(*(self._run(name, stage, doc) for name in names))
-            verdict = self._combine(text, names, outcomes)
+            reservation = Reservation([self._normalize, *(self.workers[n] for n in names)])
+            try:
+                doc = (await reservation.run(self._normalize, lambda: normalize(text))).value
+                outcomes = await asyncio.gather(*(self._run(name, stage, doc, reservation) for name in names))
+            finally:
+                reservation.close()
+            verdict = self._combine(text, names, outcomes, Grounding(grounding))
             decision = verdict.decision.value if verdict.decision else "allow"
             span.set_attributes(
                 {
                     "forge.decision": decision,
                     "forge.findings": len(verdict.findings),
+                    "forge.kept": len(verdict.kept),
                     "forge.rails": names,
+                    "forge.unchecked_rails": verdict.unchecked_rails,
                     "forge.policy_version": verdict.policy_version,
                 }
             )
             metrics.CHECKS.labels(stage.value, decision).inc()
             return verdict
 
-    async def _run(self, name: str, stage: Stage, doc: Normalized) -> _Outcome:
+    async def _run(self, name: str, stage: Stage, doc: Normalized, reservation: Reservation) -> _Outcome:
         config = self.policy.rails[name]
         rail = self.rails[name]
-        # Current in the worker thread too (to_thread copies the context): a rail that calls
+        # Current in the worker thread too (the run copies the context): a rail that calls
         # another service (the judge) continues this trace.
         with tracer.start_as_current_span(
             f"guardrails.rail.{name}",
@@ -122,18 +161,31 @@ class Guard:
                 "forge.stage": stage.value,
             },
         ) as span:
-            started = time.perf_counter()
+            queued_at = time.perf_counter()
+            queued_s = 0.0
+            started = asyncio.Event()
+            work = asyncio.ensure_future(reservation.run(self.workers[name], lambda: rail.scan(doc), started))
             try:
-                hits = await _scan(rail, doc, config.timeout_ms / 1000, self._executor)
+                # The timeout counts from when the scan leaves the queue; the wait in the queue is
+                # bounded by max_queue and by the caller's deadline (the call is cancelled with it).
+                await started.wait()
+                queued_s = time.perf_counter() - queued_at
+                metrics.RAIL_QUEUE_SECONDS.labels(name).observe(queued_s)
+                span.set_attribute("forge.rail.queued_s", queued_s)
+                ran = await asyncio.wait_for(work, config.timeout_ms / 1000)
             except TimeoutError:
-                return self._failed(name, started, "timeout", span)
+                return self._failed(name, queued_at, queued_s, "timeout", span)
             except Unavailable:
                 raise
             except Exception as exc:
+                if not started.is_set():
+                    raise
                 log.exception("rail %s failed", name)
-                return self._failed(name, started, type(exc).__name__, span)
-            elapsed = time.perf_counter() - started
-            metrics.RAIL_SECONDS.labels(name).observe(elapsed)
+                return self._failed(name, queued_at, queued_s, type(exc).__name__, span)
+            finally:
+                work.cancel()  # the caller left or the rail timed out: nobody waits for its answer
+            hits = ran.value
+            metrics.RAIL_SECONDS.labels(name).observe(ran.run_s)
             span.set_attributes(
                 {
                     "forge.rail.decision": config.action.value if hits else "allow",
@@ -142,11 +194,13 @@ class Guard:
                     "forge.rail.categories": sorted({h.category for h in hits}),
                 }
             )
-            return _Outcome(hits, RailTiming(name, elapsed, failed=False))
+            return _Outcome(hits, RailTiming(name, ran.run_s, failed=False, queued_s=queued_s))
 
-    def _failed(self, name: str, started: float, reason: str, span: Span) -> _Outcome:
+    def _failed(self, name: str, queued_at: float, queued_s: float, reason: str, span: Span) -> _Outcome:
         config = self.policy.rails[name]
         metrics.RAIL_FAILURES.labels(name, reason, config.on_failure.value).inc()
+        if config.on_failure is OnFailure.OPEN:
+            log.warning("rail %s failed open (%s): its text passes unchecked by it", name, reason)
         # A failed rail blocks (on_failure closed) or is ignored (open): that is its decision.
         decision = Action.BLOCK.value if config.on_failure is OnFailure.CLOSED else "allow"
         span.set_attributes(
@@ -157,10 +211,15 @@ class Guard:
                 "forge.rail.on_failure": config.on_failure.value,
             }
         )
-        return _Outcome([], RailTiming(name, time.perf_counter() - started, failed=True, reason=reason))
+        run_s = time.perf_counter() - queued_at - queued_s
+        failed_open = config.on_failure is OnFailure.OPEN
+        return _Outcome([], RailTiming(name, run_s, True, reason, queued_s, failed_open))
 
-    def _combine(self, text: str, names: list[str], outcomes: list[_Outcome]) -> Verdict:
+    def _combine(
+        self, text: str, names: list[str], outcomes: list[_Outcome], grounding: Grounding
+    ) -> Verdict:
         findings: list[Finding] = []
+        kept: list[KeptEntity] = []
         to_redact: list[Hit] = []
         actions: set[Action] = set()
         timings: list[RailTiming] = []
@@ -174,6 +233,11 @@ class Guard:
                     findings.append(Finding(name, "rail_failed", 1.0, 0, len(text), Action.BLOCK))
                 continue
             for hit in outcome.hits:
+                source = _grounded_source(config, text, hit, grounding)
+                if source is not None:
+                    kept.append(KeptEntity(name, hit.category, hit.start, hit.end, source))
+                    metrics.KEPT.labels(name, hit.category).inc()
+                    continue
                 findings.append(Finding(name, hit.category, hit.score, hit.start, hit.end, config.action))
                 metrics.FINDINGS.labels(name, hit.category).inc()
                 actions.add(config.action)
@@ -181,26 +245,10 @@ class Guard:
                     to_redact.append(hit)
         decision = next((a for a in (Action.BLOCK, Action.REDACT, Action.FLAG) if a in actions), None)
         redacted = redact(text, to_redact) if to_redact else text
-        return Verdict(decision, findings, redacted, timings, self.policy.version)
+        return Verdict(decision, findings, redacted, timings, self.policy.version, kept)
 
 
-async def _scan(rail: Rail, doc: Normalized, timeout_s: float, executor: Executor | None) -> list[Hit]:
-    """The rail's scan in a worker thread, its timeout counted from when it starts running.
-
-    Under load the checks of several chats queue for the few worker threads; charging that wait to
-    each rail's timeout turned a busy box into fail-closed blocks of benign text. The wait itself
-    stays bounded by the caller's deadline (the gRPC call is cancelled with it)."""
-    loop = asyncio.get_running_loop()
-    running = asyncio.Event()
-
-    def scan() -> list[Hit]:
-        loop.call_soon_threadsafe(running.set)
-        return rail.scan(doc)
-
-    # In this context, so a rail that calls another service (the judge) continues the trace.
-    work = loop.run_in_executor(executor, contextvars.copy_context().run, scan)
-    try:
-        await running.wait()
-        return await asyncio.wait_for(work, timeout_s)
-    finally:
-        work.cancel()  # the caller left or the rail timed out: nobody waits for its answer
+def _grounded_source(config: RailConfig, text: str, hit: Hit, grounding: Grounding) -> str | None:
+    if config.action is not Action.REDACT or not config.keep_grounded or not grounding.texts:
+        return None
+    return grounding.source_of(text[hit.start : hit.end])

@@ -1,5 +1,7 @@
-"""Normalisation before any rail looks at a text: NFKC, invisible characters stripped, and
-encoded payloads (base64, rot13) decoded so that rails scan what a model would read.
+"""Normalisation before any rail looks at a text: NFKC, invisible characters stripped, a line
+break between digit groups read as one space (a card or phone number written one group per line
+is still a number to the PII rail), and encoded payloads (base64, rot13) decoded so that rails
+scan what a model would read.
 
 Every normalised character keeps the index of the original character it came from, so rails
 report spans in the caller's text, not in the normalised copy.
@@ -20,6 +22,8 @@ _INVISIBLE = frozenset(
     "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
     "\u206a\u206b\u206c\u206d\u206e\u206f\ufeff\ufe00\ufe01\ufe02\ufe03\ufe0e\ufe0f"
 )
+# Whitespace with a line break in it, between a digit and the next digit group.
+_DIGIT_LINE_BREAK = re.compile(r"(?<=\d)[ \t]*(?:\r?\n[ \t]*)+(?=[\d+(])")
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _WORD = re.compile(r"[a-z]+")
 # Frequent English words: a rot13 reading that hits more of these than the text itself is a payload.
@@ -108,6 +112,27 @@ def _rot13_payload(text: str) -> str | None:
     return None
 
 
+def _join_digit_lines(text: str, offsets: list[int]) -> tuple[str, list[int]]:
+    """Each line-breaking whitespace run between digit groups becomes one space, which maps to
+    the run's first character in the original."""
+    if "\n" not in text:
+        return text, offsets
+    pieces: list[str] = []
+    joined: list[int] = []
+    pos = 0
+    for match in _DIGIT_LINE_BREAK.finditer(text):
+        pieces.append(text[pos : match.start()])
+        joined.extend(offsets[pos : match.start()])
+        pieces.append(" ")
+        joined.append(offsets[match.start()])
+        pos = match.end()
+    if not pieces:
+        return text, offsets
+    pieces.append(text[pos:])
+    joined.extend(offsets[pos:])
+    return "".join(pieces), joined
+
+
 def normalize(original: str) -> Normalized:
     pieces: list[str] = []
     offsets: list[int] = []
@@ -119,7 +144,7 @@ def normalize(original: str) -> Normalized:
         folded = unicodedata.normalize("NFKC", ch)
         pieces.append(folded)
         offsets.extend([i] * len(folded))
-    text = "".join(pieces)
+    text, offsets = _join_digit_lines("".join(pieces), offsets)
     offsets.append(len(original))
     payloads: list[Payload] = []
     for match in _BASE64.finditer(text):

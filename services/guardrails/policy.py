@@ -60,6 +60,13 @@ class RailConfig(_Strict):
     threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     timeout_ms: Annotated[float, Field(gt=0)] = 500.0
     on_failure: OnFailure = OnFailure.OPEN
+    # The rail's own threads, and how many texts may wait for them; a check that would queue
+    # beyond that is refused (RESOURCE_EXHAUSTED with a retry delay), never run unchecked.
+    workers: Annotated[int, Field(ge=1, le=32)] = 1
+    max_queue: Annotated[int, Field(ge=0, le=4096)] = 16
+    # Redacting rails: keep an entity that the request's grounding (the tenant's retrieved
+    # chunks, the caller's own messages) holds too; false = strict redaction.
+    keep_grounded: bool = False
     # Kind-specific settings.
     entities: list[str] = Field(default_factory=list)  # pii: Presidio entity names ([] = all)
     denied_topics: list[TopicSpec] = Field(default_factory=list)  # topics

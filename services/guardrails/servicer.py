@@ -6,9 +6,9 @@ from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
-from services.common.codec import finding_to_pb
 from services.common.errors import InvalidArgument, Unavailable
 from services.guardrails.engine import Guard
+from services.guardrails.grounding import GroundingText
 from services.guardrails.policy import Action, Stage
 
 _STAGES = {
@@ -38,16 +38,45 @@ class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
             )
         if self.guard is None:
             raise Unavailable("guardrails models", "still loading; retry shortly")
-        verdict = await self.guard.check(request.text, stage)
-        timings = []
-        for t in verdict.timings:
-            duration = Duration()
-            duration.FromNanoseconds(int(t.seconds * 1e9))
-            timings.append(guardrails_pb2.RailTiming(rail=t.rail, duration=duration, failed=t.failed))
+        grounding = [GroundingText(g.source, g.text) for g in request.grounding]
+        verdict = await self.guard.check(request.text, stage, grounding)
         return guardrails_pb2.CheckResponse(
             decision=_DECISIONS[verdict.decision],
-            findings=[finding_to_pb(f) for f in verdict.findings],
+            findings=[
+                guardrails_pb2.Finding(
+                    rail=f.rail,
+                    category=f.category,
+                    score=f.score,
+                    start=f.start,
+                    end=f.end,
+                    redacted=f.action is Action.REDACT,
+                )
+                for f in verdict.findings
+            ],
             redacted_text=verdict.redacted_text,
-            timings=timings,
+            timings=[
+                guardrails_pb2.RailTiming(
+                    rail=t.rail,
+                    duration=_duration(t.seconds),
+                    failed=t.failed,
+                    queued=_duration(t.queued_s),
+                    failure=t.reason,
+                    failed_open=t.failed_open,
+                )
+                for t in verdict.timings
+            ],
             policy_version=verdict.policy_version,
+            kept=[
+                guardrails_pb2.KeptEntity(
+                    rail=k.rail, category=k.category, start=k.start, end=k.end, source=k.source
+                )
+                for k in verdict.kept
+            ],
+            unchecked_rails=verdict.unchecked_rails,
         )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration

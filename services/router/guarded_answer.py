@@ -1,6 +1,9 @@
 """The answer as it streams from the LLM through the output rail: the text is cut into segments
-(sentences, lines), each checked before it is released, redacted where the rail says so; a block
-ends the answer and closing the stream aborts the generation. No gRPC here."""
+(sentences, lines); each check covers the new text with some of what came before, and the tail is
+held back until what follows it was checked too (`OutputWindow`), so nothing leaves unchecked and
+an entity split over lines is seen whole; redacted where the rail says so (keeping what the
+tenant's chunks and the caller's messages hold: `grounding`); a block ends the answer and closing
+the stream aborts the generation. No gRPC here."""
 
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ from opentelemetry import trace
 from services.router import metrics
 from services.router.deadline import Deadline
 from services.router.output_rail import Segmenter
+from services.router.output_window import OutputWindow
 from services.router.ports import (
     ChatDelta,
     ChatEnd,
     ChatEvent,
     FinishReason,
     GenerateRequest,
+    Grounding,
     Llm,
     Message,
     Priority,
@@ -45,6 +50,7 @@ class GuardedAnswer:
         priority: Priority,
         deadline: Deadline,
         degradation: Degradation,
+        grounding: Sequence[Grounding] = (),
     ) -> AsyncIterator[ChatEvent]:
         """Deltas of checked text, then a ChatEnd (without citations: the caller adds those)."""
         s = self._settings
@@ -56,7 +62,7 @@ class GuardedAnswer:
             timeout_s=deadline.rest("generation", s.generation_timeout_s),
         )
         segmenter = Segmenter(s.output_segment_chars)
-        released = 0  # characters of the answer already sent, for finding offsets
+        window = OutputWindow(s.output_window_chars, s.output_window_chars)
         end = ChatEnd()
         with tracer.start_as_current_span(
             "router.generate", attributes={"forge.max_tokens": sampling.max_tokens or 0}
@@ -66,33 +72,37 @@ class GuardedAnswer:
             async with contextlib.aclosing(stream):
                 async for piece in stream:
                     segments = segmenter.feed(piece.text)
-                    if piece.finish_reason is not None:
+                    final = piece.finish_reason is not None
+                    if final:
                         end = ChatEnd(
                             prompt_tokens=piece.prompt_tokens,
                             completion_tokens=piece.completion_tokens,
-                            finish_reason=piece.finish_reason,
+                            finish_reason=piece.finish_reason or FinishReason.STOP,
                         )
                         segments.append(segmenter.flush())
                     for segment in segments:
-                        if not segment.strip():
-                            # Only whitespace (the end of an answer): nothing a rail could find.
-                            released += len(segment)
-                            if segment:
-                                yield ChatDelta(segment)
-                            continue
-                        verdict = await self._rails.check(segment, Stage.OUTPUT, deadline, degradation)
-                        if blocked(verdict):
-                            span.set_attribute("forge.blocked", True)
-                            _set_usage(span, end)
-                            yield ChatEnd(
-                                prompt_tokens=end.prompt_tokens,
-                                completion_tokens=end.completion_tokens,
-                                verdict=verdict_for_caller(verdict, Stage.OUTPUT, offset=released),
-                                finish_reason=FinishReason.BLOCKED,
-                            )
-                            return  # closing the stream aborts the generation
-                        released += len(segment)
-                        yield ChatDelta(verdict.text_to_use(segment) if verdict is not None else segment)
+                        window.add(segment)
+                    if not window.due(final):
+                        continue
+                    offset, text = window.window()
+                    verdict = None
+                    if text.strip():  # only whitespace: nothing a rail could find (and it refuses it)
+                        verdict = await self._rails.check(
+                            text, Stage.OUTPUT, deadline, degradation, grounding
+                        )
+                    if blocked(verdict):
+                        span.set_attribute("forge.blocked", True)
+                        _set_usage(span, end)
+                        yield ChatEnd(
+                            prompt_tokens=end.prompt_tokens,
+                            completion_tokens=end.completion_tokens,
+                            verdict=verdict_for_caller(verdict, Stage.OUTPUT, offset=offset),
+                            finish_reason=FinishReason.BLOCKED,
+                        )
+                        return  # closing the stream aborts the generation
+                    release = window.release(offset, verdict, final)
+                    if release:
+                        yield ChatDelta(release)
             _set_usage(span, end)
             span.set_attribute("forge.finish_reason", end.finish_reason.value)
             metrics.STAGE_SECONDS.labels("generate").observe(time.monotonic() - started)

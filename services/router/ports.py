@@ -57,6 +57,15 @@ class RailFinding:
     score: float
     start: int
     end: int
+    redacted: bool = False  # masked in the verdict's redacted_text
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """A text the checked text may repeat without redaction (a retrieved chunk, a caller's message)."""
+
+    source: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class RailVerdict:
     decision: Decision
     findings: tuple[RailFinding, ...]
     redacted_text: str
+    # Rails that failed open: the decision was taken without them.
+    unchecked_rails: tuple[str, ...] = ()
 
     def text_to_use(self, original: str) -> str:
         return self.redacted_text if self.decision is Decision.REDACT and self.redacted_text else original
@@ -137,6 +148,7 @@ class Verdict:
     stage: Stage
     findings: tuple[RailFinding, ...]
     message: str
+    turn: int | None = None  # input stage: the index of the caller's message that was blocked
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,8 @@ class ChatEnd:
     degraded: bool = False
     verdict: Verdict | None = None
     finish_reason: FinishReason = FinishReason.STOP
+    # What a degraded answer went without: "retrieval", "guardrails", "rail:<name>", ...
+    degraded_reasons: tuple[str, ...] = ()
 
 
 ChatEvent = ChatDelta | ChatEnd
@@ -161,6 +175,7 @@ ChatEvent = ChatDelta | ChatEnd
 class SearchResult:
     chunks: list[ContextChunk]
     degraded: bool  # a fail-open rail was down: the chunks went unchecked
+    degraded_reasons: tuple[str, ...] = ()
 
 
 class IndexUnavailable(Unavailable):
@@ -182,7 +197,9 @@ INDEX_FAILURES = (IndexUnavailable, IndexTimeout)
 
 
 class Guardrails(Protocol):
-    async def check(self, text: str, stage: Stage, timeout_s: float) -> RailVerdict: ...
+    async def check(
+        self, text: str, stage: Stage, timeout_s: float, grounding: Sequence[Grounding] = ()
+    ) -> RailVerdict: ...
 
 
 class Embeddings(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 from opentelemetry import trace
@@ -23,6 +23,7 @@ from services.router import metrics, validation
 from services.router.admission import AdmissionController
 from services.router.budget import Candidate, context_budget, fit_chunks
 from services.router.deadline import Deadline
+from services.router.grounding import grounding_for
 from services.router.guarded_answer import GuardedAnswer
 from services.router.ports import (
     ChatEnd,
@@ -30,10 +31,10 @@ from services.router.ports import (
     ChatInput,
     Citation,
     ContextChunk,
-    Decision,
     FinishReason,
     Llm,
     Message,
+    RailVerdict,
     Stage,
 )
 from services.router.prompt import assemble, context_entry
@@ -167,18 +168,22 @@ class ChatOrchestrator:
                 return None
             return await self._retriever.query_vector(question, deadline, degradation, on_failure)
 
-        verdict, vector = await asyncio.gather(
-            self._rails.check(question, Stage.INPUT, deadline, degradation), query_vector()
+        verdicts, vector = await asyncio.gather(
+            self._check_turns(conversation, deadline, degradation), query_vector()
         )
-        if blocked(verdict):
-            yield ChatEnd(
-                degraded=bool(degradation),
-                verdict=verdict_for_caller(verdict, Stage.INPUT),
-                finish_reason=FinishReason.BLOCKED,
-            )
-            return
-        if verdict is not None and verdict.decision is Decision.REDACT:
-            conversation[-1] = Message("user", verdict.text_to_use(question))
+        for turn, verdict in enumerate(verdicts):
+            if blocked(verdict):
+                yield ChatEnd(
+                    degraded=bool(degradation),
+                    degraded_reasons=degradation.reasons,
+                    verdict=verdict_for_caller(verdict, Stage.INPUT, turn=turn),
+                    finish_reason=FinishReason.BLOCKED,
+                )
+                return
+        conversation = [
+            Message(m.role, v.text_to_use(m.content)) if v is not None else m
+            for m, v in zip(conversation, verdicts, strict=True)
+        ]
 
         hits = (
             await self._retriever.search(
@@ -198,12 +203,31 @@ class ChatOrchestrator:
             }
         )
         citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
+        grounding = grounding_for(request.messages, kept)
         async for event in self._answer.stream(
-            messages, request.sampling, request.priority, deadline, degradation
+            messages, request.sampling, request.priority, deadline, degradation, grounding
         ):
             if isinstance(event, ChatEnd):
-                event = replace(event, citations=citations, degraded=bool(degradation))
+                event = replace(
+                    event,
+                    citations=citations,
+                    degraded=bool(degradation),
+                    degraded_reasons=degradation.reasons,
+                )
             yield event
+
+    async def _check_turns(
+        self, conversation: Sequence[Message], deadline: Deadline, degradation: Degradation
+    ) -> list[RailVerdict | None]:
+        """Every message the caller sent goes through the input rail, not only the last: an
+        injection in an earlier user, system or assistant turn reaches the model just the same."""
+
+        async def check(message: Message) -> RailVerdict | None:
+            if not message.content.strip():  # nothing a rail could find (and it refuses it)
+                return None
+            return await self._rails.check(message.content, Stage.INPUT, deadline, degradation)
+
+        return list(await asyncio.gather(*(check(m) for m in conversation)))
 
     async def _fit_prompt(
         self,

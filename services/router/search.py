@@ -31,4 +31,4 @@ class Searcher:
         assert vector is not None  # "fail" raises instead of returning None
         hits = await self._retriever.search(tenant, collection, vector, top_k, deadline, degradation, "fail")
         chunks = await self._retriever.checked(hits, deadline, degradation)
-        return SearchResult(chunks, degraded=bool(degradation))
+        return SearchResult(chunks, degraded=bool(degradation), degraded_reasons=degradation.reasons)

@@ -63,6 +63,9 @@ class RouterSettings(BaseSettings):
     # Output rail: text is released in segments ending at a sentence or line break; a segment is
     # cut at this many characters when no break comes.
     output_segment_chars: Annotated[int, Field(ge=16)] = 320
+    # The output rail's view across segments: each check sees this many released characters
+    # before the new text, and as many at the end are held back until what follows was checked.
+    output_window_chars: Annotated[int, Field(ge=0, le=4096)] = 96
 
     # Share of the caller's remaining deadline each stage before generation may use; the LLM gets
     # whatever is left. Without a caller deadline, each stage gets its cap.

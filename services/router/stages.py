@@ -6,17 +6,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeGuard, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from services.common.errors import Unavailable
+from services.common.errors import ResourceExhausted, Unavailable
 from services.router import metrics
 from services.router.deadline import Deadline
-from services.router.ports import Decision, Guardrails, RailFinding, RailVerdict, Stage, Verdict
+from services.router.ports import (
+    Decision,
+    Grounding,
+    Guardrails,
+    RailFinding,
+    RailVerdict,
+    Stage,
+    Verdict,
+)
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -32,10 +40,20 @@ class Degradation:
 
     dependencies: list[str] = field(default_factory=list)
 
-    def note(self, dependency: str, error: Exception) -> None:
+    def note(self, dependency: str, error: Exception | str) -> None:
         log.warning("answer degraded: %s", error)
         metrics.DEGRADED.labels(dependency).inc()
-        self.dependencies.append(dependency)
+        if dependency not in self.dependencies:
+            self.dependencies.append(dependency)
+
+    def note_unchecked(self, verdict: RailVerdict) -> None:
+        """Rails that failed open on this text: the answer went on without them."""
+        for rail in verdict.unchecked_rails:
+            self.note(f"rail:{rail}", f"guardrail {rail!r} failed open; its check was skipped")
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(self.dependencies)
 
     def __bool__(self) -> bool:
         return bool(self.dependencies)
@@ -80,42 +98,55 @@ class Rails:
         self._stages = stages
 
     async def check(
-        self, text: str, stage: Stage, deadline: Deadline, degradation: Degradation
+        self,
+        text: str,
+        stage: Stage,
+        deadline: Deadline,
+        degradation: Degradation,
+        grounding: Sequence[Grounding] = (),
     ) -> RailVerdict | None:
-        """The verdict, or None when the text goes on unchecked (rails off, or down and failing open)."""
+        """The verdict, or None when the text goes on unchecked (rails off, or down or overloaded
+        and failing open). Rails that failed open inside the service mark the answer degraded."""
         if not self._settings.guardrails_enabled:
             return None
         timeout = self._stages.timeout(f"the {stage.value} rail", deadline)
         try:
-            return await self._stages.run(
+            verdict = await self._stages.run(
                 f"rail_{stage.value}",
-                self._guardrails.check(text, stage, timeout),
+                self._guardrails.check(text, stage, timeout, grounding),
                 {"forge.text_chars": len(text)},
                 lambda v: _rail_attributes(stage, v),
             )
-        except Unavailable as exc:
+        except (Unavailable, ResourceExhausted) as exc:
             if self._settings.on_guardrails_failure == "fail":
                 raise
             degradation.note("guardrails", exc)
             return None
+        degradation.note_unchecked(verdict)
+        return verdict
 
 
 def blocked(verdict: RailVerdict | None) -> TypeGuard[RailVerdict]:
     return verdict is not None and verdict.decision is Decision.BLOCK
 
 
-def verdict_for_caller(verdict: RailVerdict, stage: Stage, offset: int = 0) -> Verdict:
-    """A block, as the caller sees it: findings at their offsets in the whole answer."""
+def verdict_for_caller(
+    verdict: RailVerdict, stage: Stage, offset: int = 0, turn: int | None = None
+) -> Verdict:
+    """A block, as the caller sees it: findings at their offsets in the whole answer (output), or
+    in the message `turn` (input)."""
     rails = sorted({f.rail for f in verdict.findings}) or ["policy"]
     findings = tuple(
         RailFinding(f.rail, f.category, f.score, f.start + offset, f.end + offset) for f in verdict.findings
     )
     subject = "request" if stage is Stage.INPUT else "answer"
+    where = f" in message {turn}" if turn is not None else ""
     return Verdict(
         decision=verdict.decision,
         stage=stage,
         findings=findings,
-        message=f"The {subject} was blocked by the {stage.value} guardrail ({', '.join(rails)}).",
+        message=f"The {subject} was blocked by the {stage.value} guardrail ({', '.join(rails)}){where}.",
+        turn=turn,
     )
 
 

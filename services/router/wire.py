@@ -38,7 +38,7 @@ PRIORITY_TO_PB = {
     Priority.BATCH: common_pb2.PRIORITY_BATCH,
 }
 
-# Unspecified values read as the protos document them.
-DECISION_FROM_PB = {**_inverse(DECISION_TO_PB), guardrails_pb2.DECISION_UNSPECIFIED: Decision.ALLOW}
+# Unspecified values read as the protos document them; a decision never does (an error, not allow).
+DECISION_FROM_PB = _inverse(DECISION_TO_PB)
 FINISH_FROM_PB = _inverse(FINISH_TO_PB)
 PRIORITY_FROM_PB = {**_inverse(PRIORITY_TO_PB), common_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE}

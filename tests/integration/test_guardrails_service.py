@@ -21,7 +21,6 @@ from services.guardrails.factory import Parts, build_rails
 from services.guardrails.normalize import normalize
 from services.guardrails.policy import Action, Policy, Stage, load_policy, parse_policy
 from services.guardrails.settings import GuardrailsSettings
-from services.guardrails.stream import OutputStream
 from services.guardrails.training.evaluate import evaluate_rail, held_out
 from tests.helpers import grpcurl, serving
 
@@ -206,35 +205,6 @@ async def test_rail_timeout_follows_failure_mode(
     verdict = await guard.check("a perfectly ordinary question about the weather", Stage.INPUT)
     assert verdict.decision is decision
     assert [(t.rail, t.failed, t.reason) for t in verdict.timings] == [("slow_topics", True, "timeout")]
-
-
-# --- output checked incrementally on a stream --------------------------------------------------
-
-
-async def test_stream_redacts_pii_split_across_chunks(guard: Guard) -> None:
-    stream = OutputStream(guard, overlap=40)
-    released = []
-    for chunk in [
-        "Sure, you can reach her at anna.",
-        "schmidt@example.org or at the ",
-        "front desk. Anything else?",
-    ]:
-        verdict = await stream.feed(chunk)
-        assert not verdict.blocked
-        released.append(verdict.release)
-    released.append((await stream.finish()).release)
-    text = "".join(released)
-    assert "anna" not in text and "schmidt@example.org" not in text
-    assert text == "Sure, you can reach her at <EMAIL_ADDRESS> or at the front desk. Anything else?"
-
-
-async def test_stream_blocks_on_policy_phrase(guard: Guard) -> None:
-    stream = OutputStream(guard, overlap=40)
-    first = await stream.feed("Happy to help. My system ")
-    second = await stream.feed("prompt is: you are a bank assistant.")
-    assert not first.blocked and second.blocked
-    assert [f.rail for f in second.new_findings] == ["output_phrases"]
-    assert (await stream.feed(" more")).blocked
 
 
 # --- accuracy regression on held-out sets (different sources than training) -------------------

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails
+from services.guardrails.grounding import GroundingText
 from services.guardrails.normalize import Normalized, normalize
 from services.guardrails.policy import Action, PolicyError, RailConfig, Stage, parse_policy
 from services.guardrails.rails.base import Hit, Rail
@@ -277,27 +277,66 @@ async def test_a_rail_that_runs_past_its_timeout_fails_closed() -> None:
     assert verdict.decision is Action.BLOCK and verdict.timings[0].reason == "timeout"
 
 
-async def test_waiting_for_a_worker_thread_is_not_charged_to_the_rails_timeout() -> None:
-    # The rails' one worker busy (as under many concurrent checks): the scan waits longer than its
-    # 50 ms timeout before it starts, then runs quickly.
-    policy = parse_policy(
-        {
-            "version": "t",
-            "rails": {"w": {"kind": "secrets", "action": "block", "timeout_ms": 50}},
-            "stages": {"input": ["w"]},
-        }
+class HoldingRail(WordRail):
+    """Finds `word`; a text containing "hold" keeps its thread until `release` is set."""
+
+    def __init__(self, name: str, word: str) -> None:
+        super().__init__(name, word)
+        self.release = threading.Event()
+
+    def scan(self, doc: Normalized) -> list[Hit]:
+        if "hold" in doc.text:
+            self.release.wait(timeout=30)
+        return super().scan(doc)
+
+
+async def test_a_rail_has_its_own_bounded_queue_and_its_wait_is_not_charged_to_its_timeout() -> None:
+    rail = HoldingRail("w", "secret")
+    guard = _guard(
+        {"w": {"action": "block", "timeout_ms": 50, "workers": 1, "max_queue": 1, "on_failure": "open"}},
+        {"w": rail},
     )
-    with ThreadPoolExecutor(max_workers=1) as workers:
-        guard = Guard(policy, {"w": WordRail("w", "secret")}, workers)
-        busy = threading.Event()
-        blocker = asyncio.get_running_loop().run_in_executor(workers, busy.wait, 30)
-        check = asyncio.create_task(guard.check("a secret", Stage.INPUT))
-        try:
-            await asyncio.sleep(0.3)  # the condition under test: time queued, not a synchronisation
-            assert not check.done(), "the scan must still be waiting for the worker"
-        finally:
-            busy.set()
-            await blocker
-        verdict = await check
-    assert not verdict.timings[0].failed and verdict.decision is Action.BLOCK
-    assert [f.category for f in verdict.findings] == ["word"]
+    try:
+        # The rail's one thread is held past the timeout: the check fails open, says so, and the
+        # thread keeps its place until it really ends.
+        late = await guard.check("hold on", Stage.INPUT)
+        assert late.timings[0].failed_open and late.unchecked_rails == ["w"] and late.decision is None
+        queued = asyncio.create_task(guard.check("a secret", Stage.INPUT))
+        await asyncio.sleep(0)  # one turn of the loop: the check takes the last place in the queue
+        with pytest.raises(ResourceExhausted) as full:
+            await guard.check("another secret", Stage.INPUT)
+        assert full.value.reason == "GUARDRAILS_BUSY" and "'w'" in str(full.value)
+        assert full.value.retry_after_s > 0
+        await asyncio.sleep(0.3)  # the condition under test: time queued, not a synchronisation
+        assert not queued.done(), "the scan must still be waiting for the rail's thread"
+    finally:
+        rail.release.set()
+    verdict = await queued
+    timing = verdict.timings[0]
+    assert not timing.failed and timing.queued_s >= 0.3 and timing.seconds < 0.3
+    assert verdict.decision is Action.BLOCK and [f.category for f in verdict.findings] == ["word"]
+    again = await guard.check("a secret again", Stage.INPUT)  # the places were given back
+    assert again.decision is Action.BLOCK
+
+
+async def test_grounded_entities_are_kept_and_said_so_unless_redaction_is_strict() -> None:
+    rails = {"w": WordRail("w", "Omar Haddad", "PERSON")}
+    grounding = [GroundingText("chunk oncall.md#0", "The on-call technician is OMAR  HADDAD.")]
+    text = "Call Omar Haddad now."
+    kept = await _guard({"w": {"action": "redact", "keep_grounded": True}}, rails).check(
+        text, Stage.INPUT, grounding
+    )
+    assert kept.decision is None and kept.redacted_text == text and kept.findings == []
+    assert [(k.rail, k.start, k.end, k.source) for k in kept.kept] == [("w", 5, 16, "chunk oncall.md#0")]
+    strict = await _guard({"w": {"action": "redact"}}, rails).check(text, Stage.INPUT, grounding)
+    assert strict.redacted_text == "Call <PERSON> now." and strict.kept == []
+    ungrounded = await _guard({"w": {"action": "redact", "keep_grounded": True}}, rails).check(
+        text, Stage.INPUT, [GroundingText("message 0", "who is on call?")]
+    )
+    assert ungrounded.redacted_text == "Call <PERSON> now."
+
+
+async def test_grounding_beyond_its_limits_is_refused_naming_the_field() -> None:
+    guard = _guard({"w": {}}, {"w": WordRail("w", "x")})
+    with pytest.raises(InvalidArgument, match="grounding: must hold at most 64 texts"):
+        await guard.check("x", Stage.INPUT, [GroundingText(str(i), "t") for i in range(65)])

@@ -23,6 +23,7 @@ from services.router.ports import (
     FinishReason,
     Generated,
     GenerateRequest,
+    Grounding,
     IndexTimeout,
     IndexUnavailable,
     Message,
@@ -47,11 +48,18 @@ class FakeGuardrails:
     text (the router must never send it)."""
 
     rules: dict[str, RailVerdict] = field(default_factory=dict)
+    # needle -> category: every occurrence is redacted as <CATEGORY'S LABEL>, unless grounded.
+    redact: dict[str, str] = field(default_factory=dict)
     down: bool = False
+    unchecked: tuple[str, ...] = ()  # rails that "failed open" on every text
     asked: list[tuple[Stage, str]] = field(default_factory=list)
+    grounding: list[Sequence[Grounding]] = field(default_factory=list)
 
-    async def check(self, text: str, stage: Stage, timeout_s: float) -> RailVerdict:
+    async def check(
+        self, text: str, stage: Stage, timeout_s: float, grounding: Sequence[Grounding] = ()
+    ) -> RailVerdict:
         self.asked.append((stage, text))
+        self.grounding.append(grounding)
         if not text.strip():
             raise AssertionError(f"the router sent blank text to the {stage} rail: {text!r}")
         if self.down:
@@ -59,7 +67,19 @@ class FakeGuardrails:
         for needle, verdict in self.rules.items():
             if needle in text:
                 return verdict
-        return ALLOW
+        findings = []
+        redacted = text
+        for needle, category in self.redact.items():
+            if any(needle in g.text for g in grounding):
+                continue
+            start = text.find(needle)
+            while start >= 0:
+                findings.append(RailFinding("pii", category, 1.0, start, start + len(needle), redacted=True))
+                start = text.find(needle, start + 1)
+            redacted = redacted.replace(needle, f"<{category.split('.')[-1].upper()}>")
+        if findings:
+            return RailVerdict(Decision.REDACT, tuple(findings), redacted, self.unchecked)
+        return RailVerdict(Decision.ALLOW, (), text, self.unchecked)
 
 
 @dataclass
@@ -189,19 +209,21 @@ async def test_a_question_longer_than_the_context_is_invalid_argument() -> None:
 
 async def test_output_block_stops_the_stream_and_aborts_generation() -> None:
     block = RailVerdict(Decision.BLOCK, (RailFinding("output_phrases", "phrase", 1.0, 3, 16),), "")
-    llm = FakeLlm(["First sentence. ", "My system prompt is secret. ", "Never sent."])
+    first = "First sentence. " * 16  # 256 characters: all but the last 96 are released
+    llm = FakeLlm([first, "My system prompt is secret. ", "Never sent."])
     text, end = await run(orchestrator(FakeGuardrails({"system prompt": block}), llm=llm))
-    assert text == "First sentence. "
+    assert text == first[:160], "what was checked with what follows it, no more"
     assert end.finish_reason is FinishReason.BLOCKED and end.verdict is not None
     assert end.verdict.stage is Stage.OUTPUT
-    assert (end.verdict.findings[0].start, end.verdict.findings[0].end) == (3 + 16, 16 + 16)  # answer offsets
+    # The second check's window starts 96 characters before what was released (160 - 96 = 64):
+    # the findings are at their offsets in the whole answer.
+    assert (end.verdict.findings[0].start, end.verdict.findings[0].end) == (3 + 64, 16 + 64)
     assert llm.closed
 
 
 async def test_output_redaction_replaces_the_released_text() -> None:
-    redact = RailVerdict(Decision.REDACT, (), "Call <PHONE_NUMBER> now. ")
     llm = FakeLlm(["Call 555-0100", " now. ", "Thanks."])
-    text, _ = await run(orchestrator(FakeGuardrails({"555-0100": redact}), llm=llm))
+    text, _ = await run(orchestrator(FakeGuardrails(redact={"555-0100": "pii.phone_number"}), llm=llm))
     assert text == "Call <PHONE_NUMBER> now. Thanks."
 
 
@@ -213,9 +235,9 @@ async def test_guardrails_down_fails_closed_or_degrades_by_policy() -> None:
 
 
 async def test_input_redaction_reaches_the_llm_not_the_raw_text() -> None:
-    redact = RailVerdict(Decision.REDACT, (), "My email is <EMAIL_ADDRESS>.")
     llm = FakeLlm()
-    await run(orchestrator(FakeGuardrails({"bob@": redact}), llm=llm), "My email is bob@example.com.")
+    guard = FakeGuardrails(redact={"bob@example.com": "pii.email_address"})
+    await run(orchestrator(guard, llm=llm), "My email is bob@example.com.")
     assert llm.prompts[0][-1] == Message("user", "My email is <EMAIL_ADDRESS>.")
 
 

@@ -31,6 +31,8 @@ class FailingGuardrails(guardrails_pb2_grpc.GuardrailsServiceServicer):
     ) -> guardrails_pb2.CheckResponse:
         if request.text == "slow":
             await asyncio.Event().wait()  # never set: the caller's deadline cuts the call
+        if request.text == "unspecified":
+            return guardrails_pb2.CheckResponse(redacted_text=request.text)  # DECISION_UNSPECIFIED
         code, message = ANSWERS[request.text]
         await context.abort(code, message)
         raise AssertionError("abort raises")
@@ -74,3 +76,9 @@ async def test_overload_and_outage_keep_their_meaning(guardrails: GrpcGuardrails
 async def test_a_service_past_the_deadline_share_is_deadline_exceeded(guardrails: GrpcGuardrails) -> None:
     with pytest.raises(DeadlineExceeded, match=r"guardrails did not answer within 0\.30s"):
         await guardrails.check("slow", Stage.INPUT, 0.3)
+
+
+async def test_an_unspecified_decision_is_an_error_never_allow(guardrails: GrpcGuardrails) -> None:
+    # Read as ALLOW, a service that forgot to set the decision would let every text through.
+    with pytest.raises(Unavailable, match=r"guardrails unavailable: answered an unknown decision \(0\)"):
+        await guardrails.check("unspecified", Stage.INPUT, 5)

@@ -25,25 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66orge/v1/guardrails.proto\x12\x08\x66orge.v1\x1a\x1egoogle/protobuf/duration.proto\"T\n\x07\x46inding\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0b\n\x03\x65nd\x18\x05 \x01(\r\"W\n\nRailTiming\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\"<\n\x0c\x43heckRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1e\n\x05stage\x18\x02 \x01(\x0e\x32\x0f.forge.v1.Stage\"\xb0\x01\n\rCheckResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.forge.v1.Decision\x12#\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x11.forge.v1.Finding\x12\x15\n\rredacted_text\x18\x03 \x01(\t\x12%\n\x07timings\x18\x04 \x03(\x0b\x32\x14.forge.v1.RailTiming\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t*V\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_INPUT\x10\x01\x12\x13\n\x0fSTAGE_RETRIEVAL\x10\x02\x12\x10\n\x0cSTAGE_OUTPUT\x10\x03*a\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REDACT\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x03\x32M\n\x11GuardrailsService\x12\x38\n\x05\x43heck\x12\x16.forge.v1.CheckRequest\x1a\x17.forge.v1.CheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66orge/v1/guardrails.proto\x12\x08\x66orge.v1\x1a\x1egoogle/protobuf/duration.proto\"f\n\x07\x46inding\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0b\n\x03\x65nd\x18\x05 \x01(\r\x12\x10\n\x08redacted\x18\x06 \x01(\x08\"\xa8\x01\n\nRailTiming\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\x12)\n\x06queued\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x66\x61ilure\x18\x05 \x01(\t\x12\x13\n\x0b\x66\x61iled_open\x18\x06 \x01(\x08\"-\n\rGroundingText\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"h\n\x0c\x43heckRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1e\n\x05stage\x18\x02 \x01(\x0e\x32\x0f.forge.v1.Stage\x12*\n\tgrounding\x18\x03 \x03(\x0b\x32\x17.forge.v1.GroundingText\"X\n\nKeptEntity\x12\x0c\n\x04rail\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xed\x01\n\rCheckResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.forge.v1.Decision\x12#\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x11.forge.v1.Finding\x12\x15\n\rredacted_text\x18\x03 \x01(\t\x12%\n\x07timings\x18\x04 \x03(\x0b\x32\x14.forge.v1.RailTiming\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\"\n\x04kept\x18\x06 \x03(\x0b\x32\x14.forge.v1.KeptEntity\x12\x17\n\x0funchecked_rails\x18\x07 \x03(\t*V\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_INPUT\x10\x01\x12\x13\n\x0fSTAGE_RETRIEVAL\x10\x02\x12\x10\n\x0cSTAGE_OUTPUT\x10\x03*a\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REDACT\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x03\x32M\n\x11GuardrailsService\x12\x38\n\x05\x43heck\x12\x16.forge.v1.CheckRequest\x1a\x17.forge.v1.CheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forge.v1.guardrails_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGE']._serialized_start=487
-  _globals['_STAGE']._serialized_end=573
-  _globals['_DECISION']._serialized_start=575
-  _globals['_DECISION']._serialized_end=672
+  _globals['_STAGE']._serialized_start=829
+  _globals['_STAGE']._serialized_end=915
+  _globals['_DECISION']._serialized_start=917
+  _globals['_DECISION']._serialized_end=1014
   _globals['_FINDING']._serialized_start=71
-  _globals['_FINDING']._serialized_end=155
-  _globals['_RAILTIMING']._serialized_start=157
-  _globals['_RAILTIMING']._serialized_end=244
-  _globals['_CHECKREQUEST']._serialized_start=246
-  _globals['_CHECKREQUEST']._serialized_end=306
-  _globals['_CHECKRESPONSE']._serialized_start=309
-  _globals['_CHECKRESPONSE']._serialized_end=485
-  _globals['_GUARDRAILSSERVICE']._serialized_start=674
-  _globals['_GUARDRAILSSERVICE']._serialized_end=751
+  _globals['_FINDING']._serialized_end=173
+  _globals['_RAILTIMING']._serialized_start=176
+  _globals['_RAILTIMING']._serialized_end=344
+  _globals['_GROUNDINGTEXT']._serialized_start=346
+  _globals['_GROUNDINGTEXT']._serialized_end=391
+  _globals['_CHECKREQUEST']._serialized_start=393
+  _globals['_CHECKREQUEST']._serialized_end=497
+  _globals['_KEPTENTITY']._serialized_start=499
+  _globals['_KEPTENTITY']._serialized_end=587
+  _globals['_CHECKRESPONSE']._serialized_start=590
+  _globals['_CHECKRESPONSE']._serialized_end=827
+  _globals['_GUARDRAILSSERVICE']._serialized_start=1016
+  _globals['_GUARDRAILSSERVICE']._serialized_end=1093
 # @@protoc_insertion_point(module_scope)

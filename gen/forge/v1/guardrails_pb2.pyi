@@ -78,11 +78,14 @@ class Finding(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
     rail: _builtins.str
     category: _builtins.str
     score: _builtins.float
     start: _builtins.int
     end: _builtins.int
+    redacted: _builtins.bool
+    """The span is masked in CheckResponse.redacted_text (the rail's action is redact)."""
     def __init__(
         self,
         *,
@@ -91,10 +94,11 @@ class Finding(_message.Message):
         score: _builtins.float = ...,
         start: _builtins.int = ...,
         end: _builtins.int = ...,
+        redacted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "end", b"end", "rail", b"rail", "score", b"score", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "end", b"end", "rail", b"rail", "redacted", b"redacted", "score", b"score", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,25 +111,68 @@ class RailTiming(_message.Message):
     RAIL_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    FAILED_OPEN_FIELD_NUMBER: _builtins.int
     rail: _builtins.str
     failed: _builtins.bool
     """The rail failed or ran out of time; its fail-open/closed setting decided."""
+    failure: _builtins.str
+    """Why it failed: "timeout" or the error's type; empty when it did not."""
+    failed_open: _builtins.bool
+    """It failed and its policy is fail-open: the text passed unchecked by this rail."""
     @_builtins.property
-    def duration(self) -> _duration_pb2.Duration: ...
+    def duration(self) -> _duration_pb2.Duration:
+        """Time the rail ran (its timeout counts this only)."""
+
+    @_builtins.property
+    def queued(self) -> _duration_pb2.Duration:
+        """Time the text waited for one of the rail's workers."""
+
     def __init__(
         self,
         *,
         rail: _builtins.str = ...,
         duration: _duration_pb2.Duration | None = ...,
         failed: _builtins.bool = ...,
+        queued: _duration_pb2.Duration | None = ...,
+        failure: _builtins.str = ...,
+        failed_open: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "queued", b"queued"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "failed", b"failed", "rail", b"rail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "failed", b"failed", "failed_open", b"failed_open", "failure", b"failure", "queued", b"queued", "rail", b"rail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RailTiming: _TypeAlias = RailTiming  # noqa: Y015
+
+@_typing.final
+class GroundingText(_message.Message):
+    """A text the checked text may repeat without redaction: a retrieved chunk of the tenant's own
+    documents, or one of the caller's own messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """What it is, echoed in KeptEntity.source (e.g. "chunk manual.md#3", "message 0")."""
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundingText: _TypeAlias = GroundingText  # noqa: Y015
 
 @_typing.final
 class CheckRequest(_message.Message):
@@ -133,21 +180,64 @@ class CheckRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    GROUNDING_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     stage: Global___Stage.ValueType
+    @_builtins.property
+    def grounding(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroundingText]:
+        """Grounded redaction: an entity a redacting rail finds in `text` that also appears in one of
+        these is kept (the policy's `keep_grounded`, on by default for PII); at most 64 texts and
+        262144 characters in all.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         stage: Global___Stage.ValueType = ...,
+        grounding: _abc.Iterable[Global___GroundingText] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grounding", b"grounding", "stage", b"stage", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
+
+@_typing.final
+class KeptEntity(_message.Message):
+    """An entity a redacting rail found but kept, because the grounding holds it too."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RAIL_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    rail: _builtins.str
+    category: _builtins.str
+    start: _builtins.int
+    end: _builtins.int
+    source: _builtins.str
+    """The GroundingText.source that holds it."""
+    def __init__(
+        self,
+        *,
+        rail: _builtins.str = ...,
+        category: _builtins.str = ...,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "end", b"end", "rail", b"rail", "source", b"source", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeptEntity: _TypeAlias = KeptEntity  # noqa: Y015
 
 @_typing.final
 class CheckResponse(_message.Message):
@@ -158,6 +248,8 @@ class CheckResponse(_message.Message):
     REDACTED_TEXT_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    UNCHECKED_RAILS_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     redacted_text: _builtins.str
     """The text with redacted spans masked; equals the input when nothing was redacted."""
@@ -166,6 +258,14 @@ class CheckResponse(_message.Message):
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]: ...
     @_builtins.property
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___RailTiming]: ...
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeptEntity]: ...
+    @_builtins.property
+    def unchecked_rails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rails that failed open: the decision was taken without them. Callers mark their answer
+        degraded naming these.
+        """
+
     def __init__(
         self,
         *,
@@ -174,10 +274,12 @@ class CheckResponse(_message.Message):
         redacted_text: _builtins.str = ...,
         timings: _abc.Iterable[Global___RailTiming] | None = ...,
         policy_version: _builtins.str = ...,
+        kept: _abc.Iterable[Global___KeptEntity] | None = ...,
+        unchecked_rails: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "policy_version", b"policy_version", "redacted_text", b"redacted_text", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "kept", b"kept", "policy_version", b"policy_version", "redacted_text", b"redacted_text", "timings", b"timings", "unchecked_rails", b"unchecked_rails"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -122,10 +122,15 @@ class Verdict(_message.Message):
     STAGE_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
     decision: _guardrails_pb2.Decision.ValueType
     stage: _guardrails_pb2.Stage.ValueType
     message: _builtins.str
     """Human-readable reason, safe to show the end user."""
+    turn: _builtins.int
+    """Input stage: the index in ChatRequest.messages of the message that was blocked (every
+    caller-supplied turn is checked); findings' offsets are in that message.
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_guardrails_pb2.Finding]: ...
     def __init__(
@@ -135,12 +140,15 @@ class Verdict(_message.Message):
         stage: _guardrails_pb2.Stage.ValueType = ...,
         findings: _abc.Iterable[_guardrails_pb2.Finding] | None = ...,
         message: _builtins.str = ...,
+        turn: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_turn", b"_turn", "turn", b"turn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "message", b"message", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_turn", b"_turn", "decision", b"decision", "findings", b"findings", "message", b"message", "stage", b"stage", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__turn: _TypeAlias = _typing.Literal["turn"]  # noqa: Y015
+    _WhichOneofArgType__turn: _TypeAlias = _typing.Literal["_turn", b"_turn"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turn) -> _WhichOneofReturnType__turn | None: ...
 
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
@@ -154,6 +162,7 @@ class ChatSummary(_message.Message):
     DEGRADED_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
     trace_id: _builtins.str
     degraded: _builtins.bool
     """Retrieval (or a fail-open rail) failed and the answer was given without it."""
@@ -164,6 +173,12 @@ class ChatSummary(_message.Message):
     def usage(self) -> _common_pb2.Usage: ...
     @_builtins.property
     def verdict(self) -> Global___Verdict: ...
+    @_builtins.property
+    def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the answer went without when degraded: "retrieval", "embed", "guardrails" (the
+        service, down or overloaded) or "rail:<name>" (a rail that failed open).
+        """
+
     def __init__(
         self,
         *,
@@ -173,10 +188,11 @@ class ChatSummary(_message.Message):
         degraded: _builtins.bool = ...,
         verdict: Global___Verdict | None = ...,
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
+        degraded_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "degraded", b"degraded", "finish_reason", b"finish_reason", "trace_id", b"trace_id", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "finish_reason", b"finish_reason", "trace_id", b"trace_id", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,21 +281,27 @@ class SearchResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
+    DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when a dependency the router may go on without (a fail-open guardrails service) was down:
     the hits were not checked by the retrieval rail.
     """
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    @_builtins.property
+    def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As ChatSummary.degraded_reasons."""
+
     def __init__(
         self,
         *,
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
         degraded: _builtins.bool = ...,
+        degraded_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "hits", b"hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

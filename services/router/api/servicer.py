@@ -67,6 +67,7 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
         trace_id=trace_id,
         degraded=end.degraded,
         finish_reason=FINISH_TO_PB[end.finish_reason],
+        degraded_reasons=end.degraded_reasons,
     )
     if end.verdict is not None:
         v = end.verdict
@@ -76,6 +77,7 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
                 stage=STAGE_TO_PB[v.stage],
                 findings=[finding_to_pb(f) for f in v.findings],
                 message=v.message,
+                turn=v.turn,
             )
         )
     return summary
@@ -136,6 +138,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 for c in result.chunks
             ],
             degraded=result.degraded,
+            degraded_reasons=result.degraded_reasons,
         )
 
     async def Ingest(

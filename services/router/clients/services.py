@@ -34,9 +34,9 @@ from services.common.errors import (
 from services.common.status import retry_details
 from services.router import metrics
 from services.router.ports import (
-    Decision,
     Generated,
     GenerateRequest,
+    Grounding,
     Message,
     RailFinding,
     RailVerdict,
@@ -98,17 +98,28 @@ class GrpcGuardrails:
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = guardrails_pb2_grpc.GuardrailsServiceStub(channel)
 
-    async def check(self, text: str, stage: Stage, timeout_s: float) -> RailVerdict:
+    async def check(
+        self, text: str, stage: Stage, timeout_s: float, grounding: Sequence[Grounding] = ()
+    ) -> RailVerdict:
+        request = guardrails_pb2.CheckRequest(
+            text=text,
+            stage=STAGE_TO_PB[stage],
+            grounding=[guardrails_pb2.GroundingText(source=g.source, text=g.text) for g in grounding],
+        )
         try:
-            reply = await self._stub.Check(
-                guardrails_pb2.CheckRequest(text=text, stage=STAGE_TO_PB[stage]), timeout=timeout_s
-            )
+            reply = await self._stub.Check(request, timeout=timeout_s)
         except aio.AioRpcError as err:
             raise domain_error(self.dependency, err, timeout_s) from err
+        decision = DECISION_FROM_PB.get(reply.decision)
+        if decision is None:  # never read as allow: the text would pass unchecked
+            raise Unavailable(self.dependency, f"answered an unknown decision ({reply.decision})")
         return RailVerdict(
-            decision=DECISION_FROM_PB.get(reply.decision, Decision.BLOCK),
-            findings=tuple(RailFinding(f.rail, f.category, f.score, f.start, f.end) for f in reply.findings),
+            decision=decision,
+            findings=tuple(
+                RailFinding(f.rail, f.category, f.score, f.start, f.end, f.redacted) for f in reply.findings
+            ),
             redacted_text=reply.redacted_text,
+            unchecked_rails=tuple(reply.unchecked_rails),
         )
 
 
