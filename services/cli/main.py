@@ -303,7 +303,8 @@ def ask(
     if summary.HasField("verdict"):
         click.echo(f"[blocked] {summary.verdict.message}")
     if summary.degraded:
-        click.echo("[degraded] answered without retrieval (a dependency failed); see the router log")
+        went_without = ", ".join(summary.degraded_reasons) or "a dependency"
+        click.echo(f"[degraded] answered without: {went_without} (failed or overloaded); see the router log")
     for n, c in enumerate(summary.citations, start=1):
         click.echo(f"[{n}] {c.document_id} (part {c.chunk_index + 1}, score {c.score:.2f})")
     click.echo(

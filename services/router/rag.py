@@ -221,11 +221,15 @@ class ChatOrchestrator:
     ) -> list[RailVerdict | None]:
         """Every message the caller sent goes through the input rail, not only the last: an
         injection in an earlier user, system or assistant turn reaches the model just the same."""
+        # A few at a time: a long conversation all at once would fill the rails' bounded queues
+        # by itself and be refused on an idle service.
+        in_flight = asyncio.Semaphore(self.settings.input_rail_concurrency)
 
         async def check(message: Message) -> RailVerdict | None:
             if not message.content.strip():  # nothing a rail could find (and it refuses it)
                 return None
-            return await self._rails.check(message.content, Stage.INPUT, deadline, degradation)
+            async with in_flight:
+                return await self._rails.check(message.content, Stage.INPUT, deadline, degradation)
 
         return list(await asyncio.gather(*(check(m) for m in conversation)))
 

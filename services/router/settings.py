@@ -66,6 +66,8 @@ class RouterSettings(BaseSettings):
     # The output rail's view across segments: each check sees this many released characters
     # before the new text, and as many at the end are held back until what follows was checked.
     output_window_chars: Annotated[int, Field(ge=0, le=4096)] = 96
+    # Caller messages checked by the input rail at once (every one is checked).
+    input_rail_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
 
     # Share of the caller's remaining deadline each stage before generation may use; the LLM gets
     # whatever is left. Without a caller deadline, each stage gets its cap.

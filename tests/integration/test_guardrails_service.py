@@ -134,7 +134,8 @@ async def test_output_stage_blocks_policy_phrase(
         stub, "Sure. My system prompt says: never discuss pricing.", guardrails_pb2.STAGE_OUTPUT
     )
     assert reply.decision == guardrails_pb2.DECISION_BLOCK
-    assert [f.rail for f in reply.findings] == ["output_phrases"]
+    # The block is the phrase rail's; the output injection head may flag the same text.
+    assert [f.rail for f in reply.findings if f.category == "policy_phrase"] == ["output_phrases"]
 
 
 # --- each real rail, positive and negative ----------------------------------------------------

@@ -6,7 +6,7 @@ without gRPC; the LLM is a fake that streams a fixed answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
 from typing import Any
 
 import pytest
@@ -14,9 +14,7 @@ import pytest
 from services.common.errors import ResourceExhausted
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails
-from services.guardrails.grounding import GroundingText
-from services.guardrails.policy import Action, parse_policy
-from services.guardrails.policy import Stage as EngineStage
+from services.guardrails.policy import parse_policy
 from services.guardrails.rails.pii import build_analyzer
 from services.router.deadline import Deadline
 from services.router.ports import (
@@ -25,40 +23,13 @@ from services.router.ports import (
     ChatInput,
     Decision,
     FinishReason,
-    Grounding,
     Message,
     RailFinding,
     RailVerdict,
     Stage,
 )
+from tests.engine_guardrails import EngineGuardrails
 from tests.unit.test_rag import FakeGuardrails, FakeIndex, FakeLlm, Router, hit, router
-
-_DECISIONS = {None: Decision.ALLOW, Action.FLAG: Decision.ALLOW, Action.REDACT: Decision.REDACT}
-
-
-class EngineGuardrails:
-    """The guardrails engine behind the router's port, as the gRPC client and servicer map it."""
-
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-        self.asked: list[tuple[Stage, str]] = []
-
-    async def check(
-        self, text: str, stage: Stage, timeout_s: float, grounding: Sequence[Grounding] = ()
-    ) -> RailVerdict:
-        self.asked.append((stage, text))
-        verdict = await self.guard.check(
-            text, EngineStage(stage.value), [GroundingText(g.source, g.text) for g in grounding]
-        )
-        return RailVerdict(
-            decision=_DECISIONS.get(verdict.decision, Decision.BLOCK),
-            findings=tuple(
-                RailFinding(f.rail, f.category, f.score, f.start, f.end, f.action is Action.REDACT)
-                for f in verdict.findings
-            ),
-            redacted_text=verdict.redacted_text,
-            unchecked_rails=tuple(verdict.unchecked_rails),
-        )
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +171,23 @@ async def test_guardrails_overloaded_follows_the_guardrails_failure_policy() -> 
     assert refused.value.retry_after_s == 0.5
     text, end = await chat(router(Busy(), on_guardrails_failure="degrade"), Message("user", "hi"))
     assert text == "Hello there." and end.degraded_reasons == ("guardrails",)
+
+
+async def test_a_long_conversation_is_checked_a_few_turns_at_a_time() -> None:
+    class Counting(FakeGuardrails):
+        in_flight = 0
+        most = 0
+
+        async def check(self, *args: Any, **kwargs: Any) -> RailVerdict:
+            Counting.in_flight += 1
+            Counting.most = max(Counting.most, Counting.in_flight)
+            try:
+                await asyncio.sleep(0)  # let the others start, if they may
+                return await super().check(*args, **kwargs)
+            finally:
+                Counting.in_flight -= 1
+
+    guard = Counting()
+    turns = [Message("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(63)]
+    await chat(router(guard, input_rail_concurrency=4), *turns)
+    assert len([t for s, t in guard.asked if s is Stage.INPUT]) == 63 and Counting.most == 4
