@@ -84,6 +84,10 @@ class GuardrailsApp:
             "policy_path": str(self.settings.policy_path or default_policy_path()),
             "max_chars": str(self.policy.max_chars),
             "rails": ", ".join(f"{n}({self.policy.kind_of(n)})" for n in self.policy.used_rails()),
+            "rail_threads_and_queue": ", ".join(
+                f"{n}={self.policy.rails[n].workers}+{self.policy.rails[n].max_queue}"
+                for n in self.policy.used_rails()
+            ),
             "spacy_ner": str(bool(self.parts and self.parts.has_ner)),
             "device": self.compute_device(),
         }

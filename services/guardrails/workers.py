@@ -48,9 +48,10 @@ class RailWorkers:
         return self.in_flight < self.capacity
 
     def retry_after_s(self) -> float:
-        """About when a place frees up: the queue ahead, worked off by the rail's threads."""
-        waves = (self.in_flight - self.capacity + 1) / self.workers + self.in_flight / self.workers
-        return min(_MAX_RETRY_S, max(_MIN_RETRY_S, waves * self._run_s))
+        """About when the texts in progress now are done: the backlog, worked off by the rail's
+        threads at its recent pace (a retry then finds room)."""
+        backlog_s = self.in_flight / self.workers * self._run_s
+        return min(_MAX_RETRY_S, max(_MIN_RETRY_S, backlog_s))
 
     def reserve(self) -> None:
         self.in_flight += 1

@@ -44,8 +44,11 @@ class OutputWindow:
         while moved and not final:  # never cut through a finding: hold it back whole
             moved = False
             for f in findings:
-                if start + f.start < end < start + f.end:
-                    end, moved = max(self._released, start + f.start), True
+                # A finding that began in text already released cannot be held back whole; the
+                # end only ever moves back, down to what was released.
+                held = max(self._released, start + f.start)
+                if start + f.start < end < start + f.end and held < end:
+                    end, moved = held, True
         out = _render(self._text, findings, start, self._released, end)
         self._released = end
         return out
@@ -70,9 +73,9 @@ def _render(text: str, findings: Sequence[RailFinding], offset: int, start: int,
     for s, e, label, _ in merged:
         if e <= start or s >= end:
             continue
+        # A span whose start already left (longer than the holdback) is masked from here on.
         out.append(text[pos : max(s, pos)])
-        if s >= start:  # a mask whose start was released already is not repeated
-            out.append(f"<{label}>")
+        out.append(f"<{label}>")
         pos = max(pos, min(e, end))
     out.append(text[pos:end])
     return "".join(out)

@@ -138,6 +138,45 @@ async def test_output_stage_blocks_policy_phrase(
     assert [f.rail for f in reply.findings if f.category == "policy_phrase"] == ["output_phrases"]
 
 
+async def test_a_number_written_one_group_per_line_is_redacted_whole(
+    stub: guardrails_pb2_grpc.GuardrailsServiceAsyncStub,
+) -> None:
+    text = "Your card on file is\n4111\n1111\n1111\n1111\nand the desk is on\n+1 415\n555\n0134\n"
+    reply = await _check(stub, text, guardrails_pb2.STAGE_OUTPUT)
+    assert reply.decision == guardrails_pb2.DECISION_REDACT
+    assert reply.redacted_text == "Your card on file is\n<CREDIT_CARD>\nand the desk is on\n<PHONE_NUMBER>\n"
+
+
+async def test_grounded_entities_are_kept_and_listed_with_their_source(
+    stub: guardrails_pb2_grpc.GuardrailsServiceAsyncStub,
+) -> None:
+    text = "The on-call technician is Omar Haddad, reachable at omar.haddad@plant.example.com."
+    runbook = "On call in week 49: Omar Haddad (omar.haddad@plant.example.com, ext. 4417)."
+    grounded = await stub.Check(
+        guardrails_pb2.CheckRequest(
+            text=text,
+            stage=guardrails_pb2.STAGE_OUTPUT,
+            grounding=[guardrails_pb2.GroundingText(source="chunk oncall.md#0", text=runbook)],
+        )
+    )
+    assert grounded.redacted_text == text and grounded.decision == guardrails_pb2.DECISION_ALLOW
+    assert {(k.rail, text[k.start : k.end], k.source) for k in grounded.kept} >= {
+        ("pii", "omar.haddad@plant.example.com", "chunk oncall.md#0")
+    }
+    ungrounded = await _check(stub, text, guardrails_pb2.STAGE_OUTPUT)
+    assert "<EMAIL_ADDRESS>" in ungrounded.redacted_text and not ungrounded.kept
+    with pytest.raises(aio.AioRpcError) as refused:
+        await stub.Check(
+            guardrails_pb2.CheckRequest(
+                text=text,
+                stage=guardrails_pb2.STAGE_OUTPUT,
+                grounding=[guardrails_pb2.GroundingText(source="x", text="y" * 262_145)],
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grounding: must hold at most 262144 characters" in (refused.value.details() or "")
+
+
 # --- each real rail, positive and negative ----------------------------------------------------
 
 
