@@ -40,7 +40,7 @@ def mesh(
     return {"embed": embed_server, "guardrails": guardrails_server, "llm": llm_server}
 
 
-async def flood_check(stub: guardrails_pb2_grpc.GuardrailsServiceStub) -> Any:
+async def flood_check(stub: guardrails_pb2_grpc.GuardrailsServiceAsyncStub) -> Any:
     try:
         return await stub.Check(
             guardrails_pb2.CheckRequest(text=LONG_TEXT, stage=guardrails_pb2.STAGE_OUTPUT), timeout=120
@@ -69,7 +69,9 @@ async def test_a_flood_of_long_checks_is_refused_in_part_and_never_opens_a_rail_
         router_stub(app) as (router, _),
         aio.insecure_channel(mesh["guardrails"].address) as channel,
     ):
-        guardrails = guardrails_pb2_grpc.GuardrailsServiceStub(channel)
+        guardrails: guardrails_pb2_grpc.GuardrailsServiceAsyncStub = (
+            guardrails_pb2_grpc.GuardrailsServiceStub(channel)
+        )
         # Unloaded, the attack is blocked at the input rail (what the flood must not turn off).
         _, calm = await blocked_chat(router)
         assert calm.finish_reason == common_pb2.FINISH_REASON_BLOCKED, calm
@@ -100,10 +102,13 @@ async def test_a_flood_of_long_checks_is_refused_in_part_and_never_opens_a_rail_
 
     for outcome in chats:
         if isinstance(outcome, aio.AioRpcError):
-            assert outcome.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE), (
-                outcome.code(),
-                outcome.details(),
+            # Refused, or its check queued past the rail stage's share of the deadline: not answered.
+            refusals = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
             )
+            assert outcome.code() in refusals, (outcome.code(), outcome.details())
             continue
         _, summary = outcome
         if summary.finish_reason == common_pb2.FINISH_REASON_BLOCKED:

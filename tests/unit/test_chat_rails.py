@@ -29,7 +29,8 @@ from services.router.ports import (
     Stage,
 )
 from tests.engine_guardrails import EngineGuardrails
-from tests.unit.test_rag import FakeGuardrails, FakeIndex, FakeLlm, Router, hit, router
+from tests.unit.fake_index import FakeIndex
+from tests.unit.test_rag import FakeGuardrails, FakeLlm, Router, hit, router
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+from collections.abc import Mapping
 
 import pytest
 
@@ -202,7 +203,7 @@ class BrokenRail:
         raise RuntimeError("model crashed")
 
 
-def _guard(rails_cfg: dict[str, dict[str, object]], rails: dict[str, Rail]) -> Guard:
+def _guard(rails_cfg: dict[str, dict[str, object]], rails: Mapping[str, Rail]) -> Guard:
     cfg = {name: {"kind": "secrets", **c} for name, c in rails_cfg.items()}
     policy = parse_policy({"version": "t", "max_chars": 100, "rails": cfg, "stages": {"input": list(cfg)}})
     return Guard(policy, rails)

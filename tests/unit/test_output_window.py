@@ -62,7 +62,8 @@ def test_any_answer_is_released_whole_once_and_every_release_ends(
     findings the releases join back to the answer exactly, and nothing is left unreleased."""
     window = OutputWindow(context, holdback)
     plain = OutputWindow(context, holdback)
-    released, released_plain = [], []
+    released: list[str] = []
+    released_plain: list[str] = []
     for i, piece in enumerate(pieces):
         final = i == len(pieces) - 1
         for w, out, with_findings in ((window, released, True), (plain, released_plain, False)):

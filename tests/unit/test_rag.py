@@ -24,6 +24,7 @@ from services.router.ports import (
     Generated,
     GenerateRequest,
     Grounding,
+    Guardrails,
     IndexTimeout,
     IndexUnavailable,
     Message,
@@ -138,7 +139,7 @@ class Router:
 
 
 def router(
-    guard: FakeGuardrails | None = None,
+    guard: Guardrails | None = None,
     index: FakeIndex | None = None,
     llm: FakeLlm | None = None,
     embeddings: FakeEmbeddings | None = None,

