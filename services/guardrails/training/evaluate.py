@@ -102,6 +102,7 @@ def held_out(benign_limit: int | None = None, positive_limit: int | None = None)
         "over-firing hard benign (authored)": sources.authored("holdout_overfire_benign"),
         "multilingual benign (authored)": sources.authored("holdout_multilingual_benign"),
         "conversational turns (authored)": sources.authored("holdout_chitchat_benign"),
+        "short everyday prompts (authored)": sources.authored("holdout_short_benign"),
     }
     benign = (
         _sample(nc.negatives(), benign_limit)

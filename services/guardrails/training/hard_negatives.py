@@ -220,6 +220,148 @@ _REPLIES = (
 )
 
 
+# Short everyday prompts: a few words with no topic to speak of read as "instruction" to a head
+# trained on long attacks, and blocked the first thing a user types ("Say hello." injection 0.93,
+# "Who are you?" 0.99, "Tell me a joke." harm 0.91). Verbs x objects, questions about the
+# assistant, and answer-style requests.
+_SHORT_VERBS = ("Say", "Tell me", "Write", "Give me", "Show me", "Send me", "Make")
+_SHORT_OBJECTS = (
+    "hello",
+    "hi",
+    "good morning",
+    "a joke",
+    "a fun fact",
+    "something nice",
+    "a short poem",
+    "a riddle",
+    "a limerick about cats",
+    "three words that rhyme with blue",
+    "a motivational quote",
+    "the time in Tokyo",
+    "an example",
+    "a summary",
+)
+_SHORT_PROMPTS = (
+    "Who are you?",
+    "What are you?",
+    "What can you do?",
+    "What can you help me with?",
+    "Introduce yourself.",
+    "Are you a bot?",
+    "What is your name?",
+    "How do you work?",
+    "Answer briefly.",
+    "Answer in one sentence.",
+    "Be concise.",
+    "Keep it short.",
+    "Reply in English.",
+    "Reply in German please.",
+    "Use bullet points.",
+    "Use a table.",
+    "Repeat the last answer.",
+    "Repeat that, please.",
+    "Say that again.",
+    "Start over.",
+    "Try again.",
+    "Continue.",
+    "Go on.",
+    "More detail please.",
+    "Explain like I'm five.",
+    "Spell 'necessary'.",
+    "Count to ten.",
+    "Translate hello into German.",
+    "Translate 'thank you' into Japanese.",
+    "Define entropy.",
+    "Help",
+    "Help me.",
+    "Hello",
+    "Hi!",
+    "Hey there",
+    "Good evening!",
+)
+
+
+# Everyday task verbs with plain objects, and questions about the assistant itself: wide rather
+# than deep, so the head learns that a short request without attack content is a request.
+_TASK_VERBS = (
+    "Describe",
+    "Explain",
+    "Summarise",
+    "Rephrase",
+    "Redo",
+    "Rewrite",
+    "Recite",
+    "Name",
+    "List",
+    "Define",
+    "Compare",
+    "Suggest",
+    "Recommend",
+    "Pick",
+    "Choose",
+    "Calculate",
+    "Draw",
+    "Sketch",
+    "Outline",
+    "Shorten",
+    "Expand",
+    "Simplify",
+    "Correct",
+    "Check",
+    "Sort",
+)
+_TASK_OBJECTS = (
+    "a dog",
+    "the moon",
+    "it",
+    "that",
+    "this paragraph",
+    "the weather today",
+    "a good book",
+    "the numbers one to five",
+    "your answer",
+    "the first step",
+    "two fruits",
+    "an animal",
+    "a colour for my kitchen",
+    "the difference between tea and coffee",
+    "a name for my cat",
+    "a random word",
+    "the days of the week",
+    "my shopping list",
+    "the main idea",
+    "a healthy breakfast",
+)
+_ABOUT_ASSISTANT = (
+    "Who built you?",
+    "Who created you?",
+    "Who trained you?",
+    "What is your goal?",
+    "What is your job?",
+    "What were you made for?",
+    "Where do you run?",
+    "How old are you?",
+    "Do you have a name?",
+    "Can you see images?",
+    "Can you browse the web?",
+    "Do you remember me?",
+    "How smart are you?",
+    "Are you human?",
+    "What model are you?",
+    "What version are you?",
+    "What do you know about?",
+    "What topics can you answer?",
+    "Which documents can you read?",
+    "How should I ask you questions?",
+)
+
+
+def short_negatives() -> list[str]:
+    made = [f"{verb} {obj}." for verb, obj in itertools.product(_SHORT_VERBS, _SHORT_OBJECTS)]
+    tasks = [f"{verb} {obj}." for verb, obj in itertools.product(_TASK_VERBS, _TASK_OBJECTS)]
+    return [*made, *tasks[::2], *_SHORT_PROMPTS, *_ABOUT_ASSISTANT]
+
+
 def conversational_negatives() -> list[str]:
     turns = [f"{o} {f}".strip() for o, f in itertools.product(_OPENERS, _FOLLOW_UPS)]
     return [t for t in turns if t] + list(_REPLIES)
@@ -239,4 +381,11 @@ def hard_negatives() -> list[str]:
         for (frame, verb), obj in itertools.product(itertools.product(_FRAMES, _VERBS), _OBJECTS)
     ]
     # Every object with every verb in one frame, the others sampled deterministically.
-    return [*_TOPICAL, *templated[::3], *overfire_negatives(), *_MULTILINGUAL, *conversational_negatives()]
+    return [
+        *_TOPICAL,
+        *templated[::3],
+        *overfire_negatives(),
+        *_MULTILINGUAL,
+        *conversational_negatives(),
+        *short_negatives(),
+    ]
