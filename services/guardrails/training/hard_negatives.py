@@ -356,6 +356,49 @@ _ABOUT_ASSISTANT = (
 )
 
 
+# Requests a documentation assistant gets all day (Forge is a RAG appliance): show a config file,
+# write a guide, as a code block or a table. The training data had few, and the head read
+# "Show me the default ... as a code block" as an instruction attack (0.83).
+_DOC_FRAMES = (
+    "Show me {thing} as a code block.",
+    "Show me {thing}.",
+    "Print {thing} in a table.",
+    "Paste {thing} with comments.",
+)
+_DOC_THINGS = (
+    "the default nginx.conf",
+    "the sample docker-compose.yml",
+    "the example values.yaml for the chart",
+    "the systemd unit file of the agent",
+    "the recommended postgresql.conf settings",
+    "the full list of environment variables",
+    "the default logging configuration",
+    "the minimal config.toml",
+)
+_GUIDE_FRAMES = (
+    "Write a step-by-step guide to {task}.",
+    "Give me the steps for {task}.",
+    "Write a checklist for {task}.",
+    "Draft a runbook for {task}.",
+)
+_GUIDE_TASKS = (
+    "upgrading PostgreSQL from version 14 to version 16",
+    "migrating the database to a new server",
+    "rotating the TLS certificates",
+    "installing the agent on Ubuntu 24.04",
+    "restoring last night's backup",
+    "setting up log rotation for the service",
+    "moving the app from one cloud region to another",
+    "replacing a failed disk in the RAID array",
+)
+
+
+def documentation_negatives() -> list[str]:
+    shows = [f.format(thing=t) for f, t in itertools.product(_DOC_FRAMES, _DOC_THINGS)]
+    guides = [f.format(task=t) for f, t in itertools.product(_GUIDE_FRAMES, _GUIDE_TASKS)]
+    return [*shows, *guides]
+
+
 def short_negatives() -> list[str]:
     made = [f"{verb} {obj}." for verb, obj in itertools.product(_SHORT_VERBS, _SHORT_OBJECTS)]
     tasks = [f"{verb} {obj}." for verb, obj in itertools.product(_TASK_VERBS, _TASK_OBJECTS)]
@@ -388,4 +431,5 @@ def hard_negatives() -> list[str]:
         *_MULTILINGUAL,
         *conversational_negatives(),
         *short_negatives(),
+        *documentation_negatives(),
     ]
