@@ -1,6 +1,7 @@
-"""The multi-turn and output sets of bench/guardrails_eval.py, run through the router's own code
-(every-turn input checks; GuardedAnswer's segmenter and output window) around the real rails, in
-one process. Each set is scored both ways, old and new, in the same run:
+"""The multi-turn and output sets of bench/guardrails_eval.py around the real rails, in one
+process: the multi-turn set checks each turn with the engine as the router does; the output sets
+stream through the router's own GuardedAnswer (segmenter and output window). Each set is
+scored both ways, old and new, in the same run:
 
 - multi-turn: conversations whose attack sits in an earlier system or user turn (held-out attack
   texts), and benign conversations (held-out benign texts); blocked when any turn is blocked

@@ -48,11 +48,12 @@ class FindingFields(Protocol):
     def end(self) -> int: ...
 
 
-def finding_to_pb(finding: FindingFields) -> guardrails_pb2.Finding:
+def finding_to_pb(finding: FindingFields, redacted: bool = False) -> guardrails_pb2.Finding:
     return guardrails_pb2.Finding(
         rail=finding.rail,
         category=finding.category,
         score=finding.score,
         start=finding.start,
         end=finding.end,
+        redacted=redacted,
     )

@@ -6,6 +6,7 @@ from forge.v1 import guardrails_pb2, guardrails_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
+from services.common.codec import finding_to_pb
 from services.common.errors import InvalidArgument, Unavailable
 from services.guardrails.engine import Guard
 from services.guardrails.grounding import GroundingText
@@ -42,17 +43,7 @@ class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
         verdict = await self.guard.check(request.text, stage, grounding)
         return guardrails_pb2.CheckResponse(
             decision=_DECISIONS[verdict.decision],
-            findings=[
-                guardrails_pb2.Finding(
-                    rail=f.rail,
-                    category=f.category,
-                    score=f.score,
-                    start=f.start,
-                    end=f.end,
-                    redacted=f.action is Action.REDACT,
-                )
-                for f in verdict.findings
-            ],
+            findings=[finding_to_pb(f, redacted=f.action is Action.REDACT) for f in verdict.findings],
             redacted_text=verdict.redacted_text,
             timings=[
                 guardrails_pb2.RailTiming(

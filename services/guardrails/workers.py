@@ -29,8 +29,7 @@ _MAX_RETRY_S = 10.0
 @dataclass(frozen=True)
 class Ran(Generic[T]):
     value: T
-    queued_s: float  # waited for a thread
-    run_s: float  # ran in it
+    run_s: float  # ran in one of the rail's threads
 
 
 class RailWorkers:
@@ -64,7 +63,6 @@ class RailWorkers:
         place the caller reserved; `started` is set when it leaves the queue. Cancelling the
         await cancels work that has not started; work that has keeps its place until it ends."""
         loop = asyncio.get_running_loop()
-        submitted = time.perf_counter()
         began: list[float] = []
 
         def call() -> T:
@@ -78,7 +76,7 @@ class RailWorkers:
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done, began))
         value = await asyncio.wrap_future(future)
         ended = time.perf_counter()
-        return Ran(value, began[0] - submitted, ended - began[0])
+        return Ran(value, ended - began[0])
 
     def _done(self, began: list[float]) -> None:
         self.release()

@@ -41,10 +41,11 @@ class Degradation:
     dependencies: list[str] = field(default_factory=list)
 
     def note(self, dependency: str, error: Exception | str) -> None:
+        if dependency in self.dependencies:  # once per answer and dependency
+            return
         log.warning("answer degraded: %s", error)
         metrics.DEGRADED.labels(dependency).inc()
-        if dependency not in self.dependencies:
-            self.dependencies.append(dependency)
+        self.dependencies.append(dependency)
 
     def note_unchecked(self, verdict: RailVerdict) -> None:
         """Rails that failed open on this text: the answer went on without them."""

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.errors import ResourceExhausted
 from services.guardrails.engine import Guard
@@ -158,8 +159,15 @@ async def test_each_turn_is_redacted_before_the_model_sees_it() -> None:
 
 
 async def test_a_rail_that_failed_open_marks_the_answer_degraded_naming_it() -> None:
-    text, end = await chat(router(FakeGuardrails(unchecked=("harm",))), Message("user", "hi"))
+    def degraded_answers() -> float:
+        return REGISTRY.get_sample_value("forge_router_degraded_total", {"dependency": "rail:harm"}) or 0.0
+
+    before = degraded_answers()
+    guard = FakeGuardrails(unchecked=("harm",))
+    text, end = await chat(router(guard), Message("user", "hi"))
     assert text == "Hello there." and end.degraded and end.degraded_reasons == ("rail:harm",)
+    assert len(guard.asked) >= 2, "the input and the output check both went without the rail"
+    assert degraded_answers() == before + 1, "one answer, counted once"
 
 
 async def test_guardrails_overloaded_follows_the_guardrails_failure_policy() -> None:
