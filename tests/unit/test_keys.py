@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.security.access import authorize, bearer_token
-from services.common.security.keys import KeyRing, KeyStore, KeyStoreError, ensure_admin_key
+from services.common.security.keys import KEY_PATTERN, KeyRing, KeyStore, KeyStoreError, ensure_admin_key
 
 
 @pytest.fixture
@@ -24,14 +24,17 @@ def test_a_created_key_resolves_to_its_tenant_and_only_its_hash_is_stored(store:
     principal = ring.resolve(key)
     assert principal is not None and principal.tenant == "acme" and principal.role == "tenant"
     text = store.path.read_text()
-    assert key not in text and key.split("_")[2] not in text
+    # the secret is URL-safe base64 and may itself hold "_": take it by the key's own pattern
+    match = KEY_PATTERN.fullmatch(key)
+    assert match is not None
+    assert key not in text and match.group(2) not in text
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
 
 
 def test_wrong_malformed_and_foreign_keys_resolve_to_nobody(store: KeyStore) -> None:
     key = store.create("acme")
     ring = KeyRing(store.path)
-    key_id, secret = key.split("_")[1], key.split("_")[2]
+    key_id, secret = key.split("_", 2)[1:]
     tampered = f"fk_{key_id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
     for bad in (tampered, "", "fk_", "Bearer x", key + "x", "fk_00000000_" + secret, "x" * 100_000):
         assert ring.resolve(bad) is None, bad
