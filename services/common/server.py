@@ -120,6 +120,9 @@ class ForgeServer:
         self._stopped = asyncio.Event()
         self._drain = DrainInterceptor()
         self._background: set[asyncio.Task[None]] = set()
+        # Set by fail(): the app's engine or model died; the process drains and exits non-zero.
+        self.fatal_reason: str | None = None
+        self.fatal = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -170,6 +173,12 @@ class ForgeServer:
         bind_health = getattr(self.app, "bind_health", None)
         if bind_health is not None:  # apps whose dependency can die at run time report it
             bind_health(self._report_health)
+        bind_health_entries = getattr(self.app, "bind_health_entries", None)
+        if bind_health_entries is not None:  # apps that show their dependencies' health (the router)
+            bind_health_entries(self._report_entry)
+        bind_fatal = getattr(self.app, "bind_fatal", None)
+        if bind_fatal is not None:  # apps whose engine or model can die for good
+            bind_fatal(self.fail)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(
             OpsServicer(
                 service=self.app.name,
@@ -239,6 +248,28 @@ class ForgeServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    def _report_entry(self, name: str, serving: bool) -> None:
+        """A health entry of its own (e.g. `dependency/embed`), beside the service's."""
+        if not self._stopped.is_set():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            task = asyncio.get_running_loop().create_task(self._health.set(name, status))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def fail(self, reason: str) -> None:
+        """The app cannot serve again without a restart (its engine or model died): report
+        NOT_SERVING now; run_service then drains and exits with EXIT_FATAL, so whatever supervises
+        the process (forge up, compose, systemd, Kubernetes) starts a fresh one."""
+        if self.fatal_reason is None:
+            log.error("%s cannot serve any more: %s; draining and exiting", self.app.name, reason)
+            self.fatal_reason = reason
+        self._report_health(False)
+        self.fatal.set()
+
     async def load_and_serve(self) -> None:
         await self.app.load()
         await self._set_serving(True)
@@ -267,6 +298,10 @@ class ForgeServer:
         log.info("%s stopped", self.app.name)
 
 
+# The exit code of a service whose engine or model died (distinct from 1, a failed start).
+EXIT_FATAL = 3
+
+
 def announce(event: str, **fields: object) -> None:
     """One JSON line on stdout per lifecycle event, for supervisors (`forge up`) and tests."""
     print(json.dumps({"event": event, **fields}), flush=True)
@@ -290,16 +325,22 @@ async def run_service(app: ServiceApp, profile: SkuProfile, options: ServerOptio
     )
     loading = asyncio.create_task(server.load_and_serve())
     stopping = asyncio.create_task(stop_requested.wait())
-    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    failing = asyncio.create_task(server.fatal.wait())
+    await asyncio.wait({loading, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if loading.done() and loading.exception() is not None:
         log.error("%s failed to load: %s", app.name, loading.exception(), exc_info=loading.exception())
         exit_code = 1
-    elif loading.done():
+    elif loading.done() and not server.fatal.is_set():
         announce("serving", service=app.name, port=server.port)
-        await stopping
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
     else:
         loading.cancel()
+    if server.fatal.is_set():
+        announce("failed", service=app.name, reason=server.fatal_reason)
+        exit_code = EXIT_FATAL
+    for task in (stopping, failing):
+        task.cancel()
     announce("draining", service=app.name)
     await server.stop()
     announce("stopped", service=app.name, exit_code=exit_code)
