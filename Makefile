@@ -64,6 +64,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/router_overhead.py
 	$(BIN)/python bench/admission_overload.py
 	$(BIN)/python bench/auth_overhead.py
+	$(BIN)/python bench/chaos.py 3
 
 protos: $(TEST_STAMP)
 	$(BIN)/python tools/gen_protos.py

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Container health probe for a Forge service: exit 0 when grpc.health.v1 answers SERVING.
 
-    forge-healthcheck [PORT|HOST:PORT] [SERVICE]
+    forge-healthcheck [--live] [PORT|HOST:PORT] [SERVICE]
 
 PORT defaults to $FORGE_HEALTHCHECK_PORT (the image sets 50051, the router); HOST to 127.0.0.1.
 SERVICE is the health service name ("" = the whole server, which every Forge service sets).
 Any other answer, an error or a timeout ($FORGE_HEALTHCHECK_TIMEOUT_S, default 3 s) exits 1,
-which is what Docker's HEALTHCHECK and compose's healthcheck expect.
+which is what Docker's HEALTHCHECK and compose's healthcheck expect: readiness.
+
+--live asks only whether the process answers at all (liveness): any health status passes, since
+NOT_SERVING is a live process loading its model, draining, or waiting for a dependency; only no
+answer within the timeout (a frozen or hung process) or a refused connection exits 1. A service
+whose engine or model died does not need this probe: it exits with code 3 by itself.
 
 llm, embed and guardrails speak only mutual TLS: where the mesh's client certificate is at hand
 ($FORGE_TLS_DIR, else $FORGE_HOME/tls: ca.crt, client.crt, client.key) the probe presents it,
@@ -46,8 +51,10 @@ def check(channel: grpc.Channel, service: str, timeout_s: float) -> health_pb2.H
 
 
 def main(argv: list[str]) -> int:
-    where = argv[1] if len(argv) > 1 else os.environ.get("FORGE_HEALTHCHECK_PORT", "50051")
-    service = argv[2] if len(argv) > 2 else ""
+    live = "--live" in argv[1:]
+    args = [argv[0], *(a for a in argv[1:] if a != "--live")]
+    where = args[1] if len(args) > 1 else os.environ.get("FORGE_HEALTHCHECK_PORT", "50051")
+    service = args[2] if len(args) > 2 else ""
     target = where if ":" in where else f"127.0.0.1:{where}"
     timeout_s = float(os.environ.get("FORGE_HEALTHCHECK_TIMEOUT_S", "3"))
     credentials = mesh_credentials()
@@ -66,8 +73,8 @@ def main(argv: list[str]) -> int:
                 print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
                 return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-    print(f"{target} {service or '(server)'}: {status}")
-    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
+    print(f"{target} {service or '(server)'}: {status}" + (" (answering: live)" if live else ""))
+    return 0 if live or answer.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +17,9 @@ from services.common import entrypoint
 from services.common.config import ConfigError, SkuProfile, load_profile, load_profiles
 from services.common.server import configure_logging
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
+
+if TYPE_CHECKING:
+    from services.cli.supervisor import RestartPolicy
 
 # Services `forge up` starts (all at once; each is health-gated on its own).
 MESH_SERVICES = ("llm", "embed", "guardrails", "router")
@@ -444,7 +447,27 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
     type=float,
     default=300.0,
     show_default=True,
-    help="Seconds a service may take to report SERVING.",
+    envvar="FORGE_UP_START_TIMEOUT_S",
+    help="Seconds a service may take to report SERVING; one that does not is killed and restarted "
+    "(env FORGE_UP_START_TIMEOUT_S).",
+)
+@click.option(
+    "--liveness-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    envvar="FORGE_UP_LIVENESS_TIMEOUT_S",
+    help="Seconds a SERVING service may go without answering its health check (frozen) before it "
+    "is killed and restarted; 0 = never (env FORGE_UP_LIVENESS_TIMEOUT_S).",
+)
+@click.option(
+    "--max-backoff",
+    type=float,
+    default=30.0,
+    show_default=True,
+    envvar="FORGE_UP_MAX_BACKOFF_S",
+    help="The longest wait between restarts of a crash-looping service; waits start at 1 s and "
+    "double (env FORGE_UP_MAX_BACKOFF_S).",
 )
 @click.option(
     "--tls",
@@ -454,11 +477,21 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
     "(clients: --tls-ca FORGE_HOME/tls/ca.crt).",
 )
 @click.pass_obj
-def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: float, public_tls: bool) -> None:
-    """Start the mesh: every service as its own process on loopback, health-gated, restarted on
-    crash; Ctrl-C stops them all cleanly. At first start it makes the mesh's private CA and
-    certificates (FORGE_HOME/tls) and an admin API key (FORGE_HOME/keys/admin.key)."""
-    from services.cli.supervisor import ChildSpec, Supervisor, child_env
+def up(
+    settings: ForgeSettings,
+    host: str,
+    port_offset: int,
+    start_timeout: float,
+    liveness_timeout: float,
+    max_backoff: float,
+    public_tls: bool,
+) -> None:
+    """Start the mesh: every service as its own process on loopback, health-gated, restarted when
+    it exits, does not report SERVING within --start-timeout, or stops answering its health for
+    --liveness-timeout (with backoff on crash loops, said on stderr); Ctrl-C stops them all
+    cleanly. At first start it makes the mesh's private CA and certificates (FORGE_HOME/tls) and
+    an admin API key (FORGE_HOME/keys/admin.key)."""
+    from services.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, child_env
     from services.common.cpusets import Machine, format_cpu_list, place
     from services.common.isolation import mps_startup_warning, service_environment
 
@@ -494,7 +527,12 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     # The router reaches the other services on the ports this mesh uses.
     for service in ("llm", "embed", "guardrails"):
         env[f"FORGE_ROUTER_{service.upper()}_ADDRESS"] = f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
-    supervisor = Supervisor(specs, env, start_timeout_s=start_timeout)
+    policy = RestartPolicy(
+        start_timeout_s=start_timeout,
+        liveness_timeout_s=liveness_timeout,
+        backoff_max_s=max(max_backoff, RestartPolicy.backoff_initial_s),
+    )
+    supervisor = Supervisor(specs, env, policy, say=lambda message: click.echo(message, err=True))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -519,6 +557,7 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
             click.echo(
                 f"Try: forge ingest README.md --router {router}; forge ask 'What is Forge?' --router {router}"
             )
+            click.echo(_restart_summary(policy))
             click.echo("Ctrl-C stops the mesh.")
         await runner
         ready_wait.cancel()
@@ -526,6 +565,18 @@ def up(settings: ForgeSettings, host: str, port_offset: int, start_timeout: floa
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     click.echo("Forge stopped.")
+
+
+def _restart_summary(policy: RestartPolicy) -> str:
+    """`forge up`'s restart rules in one sentence, for the banner."""
+    when = ["exits", f"is not SERVING within {policy.start_timeout_s:g} s of a start"]
+    if policy.liveness_timeout_s > 0:
+        when.append(f"answers no health check for {policy.liveness_timeout_s:g} s")
+    return (
+        f"A service that {', '.join(when[:-1])} or {when[-1]} is restarted, waiting "
+        f"{policy.backoff_initial_s:g} s doubling up to {policy.backoff_max_s:g} s while it keeps "
+        "failing (said on stderr)."
+    )
 
 
 def _first_start_security(home: Path, public_tls: bool) -> tuple[dict[str, Any], Any]:

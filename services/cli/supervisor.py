@@ -1,18 +1,33 @@
-"""`forge up`: run each service as its own process, gate on gRPC health, restart the ones that
-crash (with backoff), and stop them all cleanly on Ctrl-C or SIGTERM."""
+"""`forge up`: run each service as its own process, gate on gRPC health, and keep it running:
+
+- restart a service that exits, that never reports SERVING within its start timeout, or that was
+  SERVING and then stopped answering its health check for a long time (frozen);
+- back off on a crash loop (exponential, capped; reset after a stable run) and say so plainly on
+  the console, with the exit code, its meaning and the service's last log lines;
+- reap every process of a service before starting it again and on stop: each service runs in its
+  own session, and whatever is left of it (vLLM's engine core, a worker) is killed, so no orphan
+  keeps memory or a GPU.
+
+Ctrl-C or SIGTERM stops them all: SIGTERM (each drains), the stop grace, then SIGKILL.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import psutil
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -20,10 +35,17 @@ from services.common.channels import PLAINTEXT, Dialer
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
-# A child that ran this long before crashing is restarted without delay.
-STABLE_RUN_S = 60.0
-
+# The exit code of a service whose engine or model died (services.common.server.EXIT_FATAL; not
+# imported: the server kit pulls in the whole gRPC stack for one number).
+EXIT_FATAL = 3
+EXIT_MEANINGS = {1: "failed to start or crashed", EXIT_FATAL: "engine or model died"}
+# How the server kit logs fail(reason) (services/common/server.py), for the restart message.
+FAILED_LINE = re.compile(r"cannot serve any more: (.*); draining and exiting")
+# Log lines kept per service, and how many a restart message repeats.
+LOG_TAIL_LINES = 40
+LOG_LINES_SHOWN = 5
+# Leftover processes of a service that already exited get this long after SIGTERM.
+LEFTOVER_GRACE_S = 5.0
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,6 +55,65 @@ def _die_with_supervisor() -> None:
     even by SIGKILL, so no service outlives `forge up`."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Tells when the process itself exited. Process.wait() (Python 3.11) also waits for its
+    stdout and stderr to close, which never happens while an orphan (vLLM's engine core of a
+    SIGKILLed service) still holds them: exactly when the supervisor must act."""
+
+    def __init__(self, exited: asyncio.Event, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._exited = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self._exited.set()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    # Seconds a (re)started service may take to report SERVING before it is killed and restarted.
+    start_timeout_s: float = 300.0
+    # Seconds a SERVING service may go without answering its health check at all (SERVING or not)
+    # before it is killed and restarted; 0 = never. Long enough that a pause (a 20 s SIGSTOP, a
+    # long GC, a swap storm) is ridden out; short enough that a hung process does not linger.
+    liveness_timeout_s: float = 60.0
+    # Crash-loop backoff: the first restart waits initial, each quick failure doubles it, up to max.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    # A service that was SERVING this long before it failed starts over at the initial backoff.
+    stable_run_s: float = 60.0
+    # SIGTERM -> this long to drain -> SIGKILL, on stop and when killing a stuck or frozen service.
+    stop_grace_s: float = 15.0
+
+    @property
+    def liveness_interval_s(self) -> float:
+        """How often a SERVING service's health is checked (also each check's timeout)."""
+        return max(0.2, min(5.0, self.liveness_timeout_s / 6))
+
+
+class Backoff:
+    """Delays between restarts of one service: initial, doubled after every quick failure up to
+    the cap, back to initial once a run was stable."""
+
+    def __init__(self, initial_s: float, max_s: float, stable_run_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.stable_run_s = stable_run_s
+        self._next_s = initial_s
+
+    @classmethod
+    def of(cls, policy: RestartPolicy) -> Backoff:
+        return cls(policy.backoff_initial_s, policy.backoff_max_s, policy.stable_run_s)
+
+    def next_delay(self, serving_s: float) -> float:
+        """The delay before the next start, given how long the last run was SERVING."""
+        if serving_s >= self.stable_run_s:
+            self._next_s = self.initial_s
+        delay = self._next_s
+        self._next_s = min(self.max_s, delay * 2)
+        return delay
 
 
 @dataclass
@@ -59,15 +140,39 @@ class ChildSpec:
             str(self.metrics_port),
         ]
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
 
 @dataclass
 class Child:
     spec: ChildSpec
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
+    serving_since: float | None = None
     restarts: int = 0
-    backoff_s: float = 1.0
+    backoff: Backoff = field(default_factory=lambda: Backoff.of(RestartPolicy()))
     serving: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the process exits (its returncode is then known), pipes open or not.
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # The last lines the service wrote to stderr (its logs), for the restart message.
+    log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    # Why the service said it failed (the server kit's log line), for the restart message.
+    failed_reason: str | None = None
+    # When the supervisor saw it fail, until it is SERVING again (time.monotonic()).
+    down_since: float | None = None
+    # When it last answered a liveness health check (time.monotonic()).
+    answered_at: float = 0.0
+    # Descendants seen while it ran (pid -> create time), to find one that left the session.
+    known: dict[int, float] = field(default_factory=dict)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def sid(self) -> int:
+        """The session (and process group) id: the service's pid, as it is a session leader."""
+        assert self.process is not None
+        return self.process.pid
 
 
 async def wait_serving(address: str, timeout_s: float, dialer: Dialer = PLAINTEXT, service: str = "") -> None:
@@ -93,84 +198,311 @@ async def wait_serving(address: str, timeout_s: float, dialer: Dialer = PLAINTEX
                     await asyncio.wait_for(channel.channel_ready(), max(0.1, deadline - time.monotonic()))
 
 
+def describe_exit(returncode: int, reason: str | None) -> str:
+    """ "exited with code 3 (engine or model died: ...)" or "was killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    meaning = EXIT_MEANINGS.get(returncode)
+    detail = f"{meaning}: {reason}" if meaning and reason else meaning or reason
+    return f"exited with code {returncode}" + (f" ({detail})" if detail else "")
+
+
+def _say_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def session_members(sid: int, known: dict[int, float] | None = None) -> list[psutil.Process]:
+    """Every live process of session `sid`, plus the `known` descendants (pid -> create time)
+    still alive: what is left of a service."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = proc
+    for pid, created in (known or {}).items():
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                found[pid] = proc
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+async def kill_processes(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM (and SIGCONT: a stopped process handles SIGTERM only once resumed), `grace_s` to
+    exit, then SIGKILL. Never waits on a child of this process (asyncio reaps those)."""
+    if not procs:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
+    _, alive = await asyncio.to_thread(_wait_gone, procs, grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            log.warning("pid %d (%s) ignored SIGTERM for %.0fs; killing it", proc.pid, proc.name(), grace_s)
+            proc.kill()
+    await asyncio.to_thread(_wait_gone, alive, 5.0)
+
+
+def _wait_gone(
+    procs: list[psutil.Process], timeout_s: float
+) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """Poll until the processes are gone (or zombies) without reaping any: psutil.wait_procs would
+    waitpid() a child of ours, stealing its exit status from asyncio."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = []
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+        if not alive or time.monotonic() >= deadline:
+            return [p for p in procs if p not in alive], alive
+        time.sleep(0.05)
+
+
 class Supervisor:
     def __init__(
         self,
         specs: list[ChildSpec],
         env: dict[str, str],
-        start_timeout_s: float = 300.0,
-        stop_grace_s: float = 15.0,
+        policy: RestartPolicy | None = None,
+        say: Callable[[str], None] = _say_on_stderr,
     ) -> None:
-        self.children = [Child(spec) for spec in specs]
+        self.policy = policy or RestartPolicy()
+        self.children = [Child(spec, backoff=Backoff.of(self.policy)) for spec in specs]
         self.env = env
-        self.start_timeout_s = start_timeout_s
-        self.stop_grace_s = stop_grace_s
+        self.say = say
         self._stopping = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stopping.set()
 
+    # -- one process ----------------------------------------------------------------------------
+
     async def _spawn(self, child: Child) -> None:
         child.serving.clear()
-        child.process = await asyncio.create_subprocess_exec(
+        child.serving_since = None
+        child.failed_reason = None
+        child.known.clear()
+        loop = asyncio.get_running_loop()
+        exited = child.exited = asyncio.Event()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitProtocol(exited, 1 << 20, loop),
             *child.spec.command(),
             env={**self.env, **child.spec.env},
+            # Not a pipe: a service whose supervisor died (SIGKILL; it gets SIGTERM) must still be
+            # able to announce its drain; a print to a pipe nobody reads raises and cuts it short.
             stdout=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            # Its logs: passed on to ours, the last lines kept (logging swallows a broken pipe).
+            stderr=asyncio.subprocess.PIPE,
+            # Its own session (and process group): Ctrl-C reaches the supervisor only, which stops
+            # the services in order, and the whole family of a service can be found and killed.
+            start_new_session=True,
             preexec_fn=_die_with_supervisor,
         )
+        child.process = asyncio.subprocess.Process(transport, protocol, loop)
         child.started_at = time.monotonic()
+        child._readers = [asyncio.create_task(self._read_logs(child, child.process))]
         log.info("started %s (pid %d)", child.spec.service, child.process.pid)
 
+    async def _read_logs(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        partial = ""
+        with contextlib.suppress(OSError):
+            while chunk := await process.stderr.read(65536):
+                text = chunk.decode(errors="replace")
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                lines = (partial + text).replace("\r", "\n").split("\n")
+                partial = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        child.log_tail.append(line)
+                    if reason := FAILED_LINE.search(line):
+                        child.failed_reason = reason.group(1)
+
+    def _remember_family(self, child: Child) -> None:
+        """Note the service's descendants now, so one that left its session is still found."""
+        if child.process is None or child.process.returncode is not None:
+            return
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process(child.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.known[proc.pid] = proc.create_time()
+
+    async def _liveness(self, child: Child) -> float:
+        """Return once the SERVING service has not answered a health check for the liveness
+        timeout (a frozen or hung process): the seconds it went unanswered."""
+        interval = self.policy.liveness_interval_s
+        async with child.spec.health_dialer.channel(child.spec.address, child.spec.service) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answered = time.monotonic()
+            while True:
+                probed = time.monotonic()
+                self._remember_family(child)
+                try:
+                    # Any answer will do: NOT_SERVING (draining, a dependency down) is alive.
+                    await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=interval)
+                    answered = child.answered_at = time.monotonic()
+                except aio.AioRpcError:
+                    if (silent_s := time.monotonic() - answered) >= self.policy.liveness_timeout_s:
+                        return silent_s
+                # The probe period: one check per interval, however long the last one took.
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - probed)))
+
+    async def _run_once(self, child: Child) -> str | None:
+        """Supervise one started process until it exits, is judged stuck or frozen (then killed),
+        or stop is requested (None). Returns what happened, for the restart message."""
+        process = child.process
+        assert process is not None
+        spec, policy = child.spec, self.policy
+        exited = asyncio.create_task(child.exited.wait())
+        stop = asyncio.create_task(self._stopping.wait())
+        gate = asyncio.create_task(
+            wait_serving(spec.address, policy.start_timeout_s, spec.health_dialer, spec.service)
+        )
+        live: asyncio.Task[float] | None = None
+        try:
+            await asyncio.wait({gate, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done():
+                return None
+            if exited.done():
+                return await self._exit_description(child)
+            if (error := gate.exception()) is not None:
+                await self._kill(child)
+                if isinstance(error, TimeoutError):
+                    return (
+                        f"did not report SERVING within {policy.start_timeout_s:.0f} s (stuck starting); "
+                        "killed it"
+                    )
+                return f"could not be health-checked ({type(error).__name__}: {error}); killed it"
+            child.serving_since = time.monotonic()
+            child.serving.set()
+            if child.down_since is not None:
+                down_s, child.down_since = child.serving_since - child.down_since, None
+                again = f"{spec.service} is SERVING again, {down_s:.0f} s after it failed"
+                self.say(f"{again} (restart {child.restarts})")
+            self._remember_family(child)
+            log.info("%s SERVING on %s", spec.service, spec.address)
+            waits: set[asyncio.Future[Any]] = {exited, stop}
+            if policy.liveness_timeout_s > 0:
+                live = asyncio.create_task(self._liveness(child))
+                waits.add(live)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done():
+                return None
+            if exited.done():
+                return await self._exit_description(child)
+            assert live is not None
+            silent_s = live.result()
+            await self._kill(child)
+            return f"stopped answering its health check for {silent_s:.0f} s (frozen?); killed it"
+        finally:
+            for task in (gate, stop, live):
+                if task is not None:
+                    task.cancel()
+            exited.cancel()
+
+    async def _exit_description(self, child: Child) -> str:
+        assert child.process is not None and child.process.returncode is not None
+        # Its last lines (why it failed) may still be in the pipe.
+        if child._readers:
+            await asyncio.wait(child._readers[:1], timeout=1.0)
+        return describe_exit(child.process.returncode, child.failed_reason)
+
+    async def _kill(self, child: Child) -> None:
+        """Kill a stuck or frozen service with its whole family: SIGTERM, the grace, SIGKILL."""
+        self._remember_family(child)
+        members = session_members(child.sid, child.known)
+        await kill_processes(members, self.policy.stop_grace_s)
+        await self._wait_exit(child, 5.0)
+
+    async def _wait_exit(self, child: Child, timeout_s: float) -> None:
+        assert child.process is not None
+        try:
+            await asyncio.wait_for(child.exited.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            await child.exited.wait()
+
+    async def _reap(self, child: Child) -> None:
+        """After the service's own process ended: kill whatever is left of it (an orphaned engine
+        core, a worker), then let its log readers finish."""
+        leftovers = session_members(child.sid, child.known)
+        if leftovers:
+            names = ", ".join(f"{p.pid}" for p in leftovers)
+            log.warning(
+                "%s left %d process(es) behind (%s); killing them", child.spec.service, len(leftovers), names
+            )
+            await kill_processes(leftovers, LEFTOVER_GRACE_S)
+        readers, child._readers = child._readers, []
+        if readers:
+            _, pending = await asyncio.wait(readers, timeout=5.0)
+            for task in pending:
+                task.cancel()
+
+    async def _stop(self, child: Child) -> None:
+        """Stop on request: SIGTERM to the service (it drains and shuts its engine down), the
+        grace, SIGKILL to the whole family, then whatever is left."""
+        process = child.process
+        assert process is not None
+        if not child.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGCONT)  # a frozen service handles SIGTERM only once resumed
+            try:
+                await asyncio.wait_for(child.exited.wait(), self.policy.stop_grace_s)
+            except TimeoutError:
+                log.warning(
+                    "%s (pid %d) did not drain in %.0fs; killing it",
+                    child.spec.service,
+                    process.pid,
+                    self.policy.stop_grace_s,
+                )
+                await kill_processes(session_members(child.sid, child.known), 0.0)
+                await child.exited.wait()
+        await self._reap(child)
+
+    def _restart_message(self, child: Child, what: str, delay_s: float) -> str:
+        lines = list(child.log_tail)[-LOG_LINES_SHOWN:]
+        message = f"{child.spec.service} {what} — restart {child.restarts} in {delay_s:g} s"
+        if lines:
+            message += "; last log lines:\n" + "\n".join(f"    {line}" for line in lines)
+        return message
+
     async def _watch(self, child: Child) -> None:
-        """Keep one child running until stop is requested."""
+        """Keep one service running until stop is requested."""
         while not self._stopping.is_set():
             await self._spawn(child)
-            assert child.process is not None
-            address = f"{child.spec.host}:{child.spec.port}"
-            gate = asyncio.create_task(
-                wait_serving(address, self.start_timeout_s, child.spec.health_dialer, child.spec.service)
-            )
-            exited = asyncio.create_task(child.process.wait())
-            stop = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({gate, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if gate.done() and gate.exception() is None:
-                child.serving.set()
-                log.info("%s SERVING on %s", child.spec.service, address)
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (gate, stop):
-                task.cancel()
+            what = await self._run_once(child)
+            if what is None:
+                await self._stop(child)
+                return
+            if child.down_since is None:  # a failed restart does not reset the outage's start
+                child.down_since = time.monotonic()
+            serving_s = 0.0 if child.serving_since is None else time.monotonic() - child.serving_since
+            await self._reap(child)
             if self._stopping.is_set():
                 return
-            ran_s = time.monotonic() - child.started_at
-            child.backoff_s = 1.0 if ran_s > STABLE_RUN_S else min(MAX_BACKOFF_S, child.backoff_s * 2)
+            delay_s = child.backoff.next_delay(serving_s)
             child.restarts += 1
-            log.warning(
-                "%s exited with code %s after %.0fs; restarting in %.0fs",
-                child.spec.service,
-                child.process.returncode,
-                ran_s,
-                child.backoff_s,
-            )
+            self.say(self._restart_message(child, what, delay_s))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), child.backoff_s)
-
-    async def _stop_children(self) -> None:
-        running = [c.process for c in self.children if c.process and c.process.returncode is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), self.stop_grace_s)
-        except TimeoutError:
-            for proc in running:
-                if proc.returncode is None:
-                    log.warning("pid %d did not drain in %.0fs; killing it", proc.pid, self.stop_grace_s)
-                    proc.kill()
-            await asyncio.gather(*(p.wait() for p in running))
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
 
     async def run(self, on_all_serving: asyncio.Event | None = None) -> None:
-        watchers = [asyncio.create_task(self._watch(c)) for c in self.children]
+        watchers = [
+            asyncio.create_task(self._watch(c), name=f"watch-{c.spec.service}") for c in self.children
+        ]
+        for watcher in watchers:
+            watcher.add_done_callback(_log_failure)
 
         async def all_serving() -> None:
             await asyncio.gather(*(c.serving.wait() for c in self.children))
@@ -178,10 +510,20 @@ class Supervisor:
                 on_all_serving.set()
 
         ready = asyncio.create_task(all_serving())
-        await self._stopping.wait()
-        ready.cancel()
-        await self._stop_children()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        try:
+            await self._stopping.wait()
+        finally:
+            ready.cancel()
+            self._stopping.set()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A watcher that failed leaves its service unsupervised: say so loudly."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error(
+            "%s failed: %s; that service is no longer restarted", task.get_name(), error, exc_info=error
+        )
 
 
 def child_env(profile: str, home: str) -> dict[str, str]:

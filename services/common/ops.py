@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from forge.v1 import common_pb2, ops_pb2, ops_pb2_grpc
 from grpc import aio
@@ -49,6 +50,22 @@ def usage_message(usage: SliceUsage) -> common_pb2.ServiceGpuUsage:
     )
 
 
+class DependencyState(Protocol):
+    @property
+    def serving(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class Dependencies(Protocol):
+    """What a process that waits for other services says of them in GetInfo (the router)."""
+
+    def waiting_for(self) -> Sequence[str]: ...
+
+    def dependencies(self) -> Mapping[str, DependencyState]: ...
+
+
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
     def __init__(
         self,
@@ -59,6 +76,7 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         slice_fraction: float,
         compute_device: Callable[[], str],
         settings: Callable[[], Mapping[str, str]],
+        dependencies: Dependencies | None = None,
     ) -> None:
         self._service = service
         self._version = version
@@ -67,6 +85,7 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         self._slice_fraction = slice_fraction
         self._compute_device = compute_device
         self._settings = settings
+        self._dependencies = dependencies
         self._started_at = datetime.now()
 
     async def GetGpuStats(
@@ -98,4 +117,10 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
             settings=dict(self._settings()),
         )
         response.started_at.FromDatetime(self._started_at.astimezone())
+        if self._dependencies is not None:
+            response.waiting_for.extend(self._dependencies.waiting_for())
+            for name, state in self._dependencies.dependencies().items():
+                response.dependencies[name].CopyFrom(
+                    ops_pb2.DependencyStatus(serving=state.serving, detail=state.detail)
+                )
         return response

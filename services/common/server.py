@@ -188,6 +188,8 @@ class ForgeServer:
                 slice_fraction=self.profile.slices.of(self.app.name),
                 compute_device=self.app.compute_device,
                 settings=self._info_settings,
+                # Apps that wait for other services say which (the router's readiness).
+                dependencies=getattr(self.app, "dependencies", None),
             ),
             server,
         )

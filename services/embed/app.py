@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from forge.v1 import embed_pb2, embed_pb2_grpc
 from grpc import aio
@@ -31,6 +31,10 @@ class EmbedApp:
     @property
     def grpc_service_names(self) -> Sequence[str]:
         return [EMBED_SERVICE]
+
+    def bind_fatal(self, fail: Callable[[str], None]) -> None:
+        """A sticky device error of the model (services/embed/fatal.py) ends the process."""
+        self.embedder.on_model_died = fail
 
     def register(self, server: aio.Server) -> None:
         embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(self.embedder), server)

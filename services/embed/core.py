@@ -10,6 +10,8 @@ requests).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -18,9 +20,19 @@ from services.common.encoder import EmbedKind, SentenceEncoder, Vectors, l2_norm
 from services.common.errors import InvalidArgument, Unavailable
 from services.embed import metrics
 from services.embed.batcher import BatchTiming, MicroBatcher
+from services.embed.fatal import model_died
 from services.embed.settings import EmbedSettings
 
+log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.embed")
+
+# What a caller is told once the model died: this process drains and exits (EXIT_FATAL), and its
+# supervisor starts a fresh one, which loads the model again.
+MODEL_DEAD_MESSAGE = (
+    "the model died ({}); this embed process is exiting so that its supervisor starts a fresh one; "
+    "retry once it reports SERVING"
+)
+MODEL_DEAD_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,10 +55,15 @@ def validate_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
 
 
 class Embedder:
-    def __init__(self, settings: EmbedSettings) -> None:
+    def __init__(
+        self, settings: EmbedSettings, on_model_died: Callable[[str], None] = lambda reason: None
+    ) -> None:
         self.settings = settings
         self.encoder: SentenceEncoder | None = None
         self._batcher: MicroBatcher[EmbedKind] | None = None
+        # Called once the model cannot serve again in this process (services/embed/fatal.py).
+        self.on_model_died = on_model_died
+        self.death: str | None = None
 
     def attach(self, encoder: SentenceEncoder) -> None:
         """Start serving with a loaded model."""
@@ -71,15 +88,33 @@ class Embedder:
 
     async def _embed(self, texts: list[str], kind: EmbedKind, normalize: bool) -> EmbedResult:
         validate_texts(texts, self.settings.max_texts_per_request, self.settings.max_chars_per_text)
+        if self.death is not None:
+            raise Unavailable("embed model", MODEL_DEAD_MESSAGE.format(self.death), MODEL_DEAD_RETRY_S)
         if self.encoder is None or self._batcher is None:
             raise Unavailable("embed model", "still loading; retry shortly")
         timing = BatchTiming()
-        vectors = await self._batcher.submit(kind, texts, timing)
+        try:
+            vectors = await self._batcher.submit(kind, texts, timing)
+        except Exception as exc:
+            if not model_died(exc):
+                raise
+            self._died(f"{type(exc).__name__}: {exc}")
+            assert self.death is not None
+            raise Unavailable(
+                "embed model", MODEL_DEAD_MESSAGE.format(self.death), MODEL_DEAD_RETRY_S
+            ) from exc
         _record_batch(timing)
         metrics.TEXTS.labels(kind.value).inc(len(texts))
         if normalize:
             vectors = l2_normalize(vectors)
         return EmbedResult(vectors=vectors, dimension=self.encoder.dimension, model=self.encoder.name)
+
+    def _died(self, reason: str) -> None:
+        if self.death is None:
+            first_line = reason.splitlines()[0] if reason else "unknown error"
+            self.death = first_line[:200]
+            log.error("embed model died: %s", reason)
+            self.on_model_died(f"the embed model died: {self.death}")
 
 
 def _record_batch(timing: BatchTiming) -> None:

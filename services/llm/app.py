@@ -38,6 +38,8 @@ class LlmApp:
         self.core = LlmCore(self.settings, on_engine_dead=self._engine_died)
         self._device = "cpu"
         self._report_health: Callable[[bool], None] = lambda serving: None
+        self._fail: Callable[[str], None] | None = None
+        self._engine_watch: asyncio.Task[None] | None = None
 
     @property
     def grpc_service_names(self) -> Sequence[str]:
@@ -65,9 +67,27 @@ class LlmApp:
     def bind_health(self, report: Callable[[bool], None]) -> None:
         self._report_health = report
 
+    def bind_fatal(self, fail: Callable[[str], None]) -> None:
+        self._fail = fail
+
     def _engine_died(self) -> None:
-        log.error("LLM engine died; reporting NOT_SERVING")
+        """The engine cannot serve again in this process: NOT_SERVING now, then (where the server
+        kit bound it) drain and exit with EXIT_FATAL, so the supervisor starts a fresh process."""
         self._report_health(False)
+        if self._fail is not None:
+            self._fail(f"the {self.engine_name} engine died")
+        else:
+            log.error("LLM engine died; reporting NOT_SERVING")
+
+    async def _watch_engine(self, engine: LlmEngine) -> None:
+        """Notice a dead engine with no call in flight (vLLM's engine core killed while idle).
+        A poll: neither engine offers an event for its own death."""
+        while True:
+            if engine.is_dead():
+                log.error("%s engine died while idle", engine.name)
+                self._engine_died()
+                return
+            await asyncio.sleep(self.settings.engine_watch_interval_s)
 
     def _start_llama_cpp(self, slice_fraction: float) -> LlmEngine:
         import llama_cpp
@@ -108,9 +128,14 @@ class LlmApp:
         )
 
     async def load(self) -> None:
-        self.core.attach(await asyncio.to_thread(self._start_engine))
+        engine = await asyncio.to_thread(self._start_engine)
+        self.core.attach(engine)
+        self._engine_watch = asyncio.create_task(self._watch_engine(engine), name="llm-engine-watch")
 
     async def close(self) -> None:
+        if self._engine_watch is not None:
+            self._engine_watch.cancel()
+            await asyncio.gather(self._engine_watch, return_exceptions=True)
         if self.core.engine is not None:
             await asyncio.to_thread(self.core.engine.shutdown)
 

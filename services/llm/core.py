@@ -41,6 +41,13 @@ from services.llm.settings import LlmSettings
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("forge.llm")
 
+# What a caller is told once the engine died: this process drains and exits (EXIT_FATAL), and
+# whatever supervises it starts a fresh one, which loads the model again (tens of seconds on CPU).
+ENGINE_DEAD_MESSAGE = (
+    "the engine died; this LLM process is exiting so that its supervisor starts a fresh one; "
+    "retry on another replica now or here once it reports SERVING"
+)
+ENGINE_DEAD_RETRY_S = 10.0
 ROLES = ("system", "user", "assistant")  # what every engine's chat template is given
 QUOTE_CHARS = 16  # the most of a caller's value (a role) an error message repeats
 
@@ -186,9 +193,7 @@ class LlmCore:
             raise Unavailable("llm engine", "still loading; retry shortly", retry_after_s=5)
         if self.engine.is_dead():
             self._on_engine_dead()
-            raise Unavailable(
-                "llm engine", "the engine process died; the service is restarting", retry_after_s=5
-            )
+            raise Unavailable("llm engine", ENGINE_DEAD_MESSAGE, retry_after_s=ENGINE_DEAD_RETRY_S)
         return self.engine
 
     # -- validation ---------------------------------------------------------------------------
@@ -336,7 +341,9 @@ class LlmCore:
                     yield GenerateEvent(chunk.text)
         except EngineDead as exc:
             self._on_engine_dead()
-            raise Unavailable("llm engine", f"the engine died: {exc}", retry_after_s=5) from exc
+            raise Unavailable(
+                "llm engine", f"{ENGINE_DEAD_MESSAGE} ({exc})", retry_after_s=ENGINE_DEAD_RETRY_S
+            ) from exc
         finally:
             self._active.count -= 1
             metrics.ACTIVE.dec()

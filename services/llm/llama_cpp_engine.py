@@ -12,14 +12,28 @@ import asyncio
 import heapq
 import itertools
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.llm.engine import EngineStats, FinishReason, GenerationChunk, GenerationRequest
+from services.llm.engine import EngineDead, EngineStats, FinishReason, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
+
+_DECODE_FAILED = re.compile(r"llama_decode returned (-?\d+)")
+
+
+def leaves_engine_unusable(exc: BaseException) -> bool:
+    """Whether a llama.cpp error means the context cannot serve again in this process.
+
+    llama_decode's return codes: 1 (no KV slot) and 2 (aborted) concern one request, -1 a bad
+    batch (one request's input); below -1 the backend itself failed (a GPU fault, a compute
+    error), and every later request fails the same way. A fault inside the library (ggml_abort,
+    a segfault) takes the whole process down, and its supervisor restarts it as any other exit."""
+    match = _DECODE_FAILED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    return match is not None and int(match.group(1)) < -1
 
 
 class _Turns:
@@ -143,6 +157,9 @@ class LlamaCppEngine:
                 worker = loop.run_in_executor(None, work)
                 while (item := await queue.get()) is not None:
                     if isinstance(item, BaseException):
+                        if leaves_engine_unusable(item):
+                            self._dead = True
+                            raise EngineDead(f"llama.cpp failed: {item}") from item
                         raise item
                     text, generated, finish = item
                     reason = (

@@ -43,3 +43,6 @@ class LlmSettings(BaseSettings):
     max_stop_sequences: Annotated[int, Field(ge=0)] = 8
     max_stop_chars: Annotated[int, Field(ge=1)] = 64
     max_request_id_chars: Annotated[int, Field(ge=1)] = 128
+    # How often the service checks that its engine is alive while no call is in flight; a dead one
+    # makes the process drain and exit with code 3 (EXIT_FATAL) for its supervisor to restart.
+    engine_watch_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0

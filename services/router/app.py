@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from forge.v1 import router_pb2, router_pb2_grpc
@@ -15,6 +16,7 @@ from grpc import aio
 from services.common.channels import PLAINTEXT, Dialer
 from services.common.config import SkuProfile
 from services.common.errors import Unavailable
+from services.router import metrics
 from services.router.admission import AdmissionController
 from services.router.admission_metrics import register_admission_metrics
 from services.router.api.admin import AdminServicer
@@ -22,10 +24,17 @@ from services.router.api.servicer import RouterParts, RouterServicer
 from services.router.chunking import Chunker, ChunkingConfig
 from services.router.clients.llm_pool import LlmPool, parse_addresses
 from services.router.clients.milvus_store import VectorStore
-from services.router.clients.services import GrpcEmbeddings, GrpcGuardrails, GrpcLlm, open_channel
+from services.router.clients.services import (
+    GrpcEmbeddings,
+    GrpcGuardrails,
+    GrpcLlm,
+    open_channel,
+    watch_health,
+)
 from services.router.documents import Documents
 from services.router.ingest import Ingestor
 from services.router.rag import ChatOrchestrator
+from services.router.readiness import Readiness, follow
 from services.router.retrieval import Retriever
 from services.router.search import Searcher
 from services.router.settings import RouterSettings
@@ -73,6 +82,28 @@ class RouterApp:
         self._store: VectorStore | None = None
         self._channels: dict[str, aio.Channel] = {}
         self._llm: LlmPool[aio.Channel] | None = None
+        # NOT_SERVING until every dependency it needs is (load() waits); then each one's health
+        # shows beside the router's own: entries "dependency/<name>", a gauge, GetInfo.
+        self.readiness = Readiness(
+            self.settings.watched_dependencies(),
+            self.settings.required_dependencies(),
+            self._dependency_changed,
+        )
+        self._set_entry: Callable[[str, bool], None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+
+    @property
+    def dependencies(self) -> Readiness:
+        """What the router waits for and how each dependency is (OpsService.GetInfo)."""
+        return self.readiness
+
+    def bind_health_entries(self, set_entry: Callable[[str, bool], None]) -> None:
+        self._set_entry = set_entry
+
+    def _dependency_changed(self, dependency: str, up: bool) -> None:
+        metrics.DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
+        if self._set_entry is not None:
+            self._set_entry(f"dependency/{dependency}", up)
 
     @property
     def grpc_service_names(self) -> Sequence[str]:
@@ -94,7 +125,8 @@ class RouterApp:
 
     def parts(self) -> RouterParts:
         if self._parts is None:
-            raise Unavailable("router", "still starting (opening Milvus)")
+            waits = self.readiness.describe_waits() or "its last checks"
+            raise Unavailable("router", f"not serving yet: waiting for {waits}")
         return self._parts
 
     def register(self, server: aio.Server) -> None:
@@ -109,31 +141,33 @@ class RouterApp:
         self._llm = LlmPool(
             parse_addresses(s.llm_addresses) or [s.llm_address],
             lambda address: open_channel(address, "llm", self.dialer),
-            GrpcLlm,
+            lambda channel: GrpcLlm(channel, s.generation_idle_timeout_s),
             s.llm_replica_cooldown_s,
         )
         self._channels = {
             "embed": open_channel(s.embed_address, "embed", self.dialer),
             "guardrails": open_channel(s.guardrails_address, "guardrails", self.dialer),
         }
+        self.readiness.announce()  # every entry and gauge exists, down, until heard otherwise
+        self._watch_dependencies(self._llm)
         embeddings = GrpcEmbeddings(self._channels["embed"])
+        # Milvus opens and the chunker loads while the dependencies come up; no timeout on the
+        # wait: whoever starts the router (forge up, Kubernetes) bounds its start.
+        async with asyncio.TaskGroup() as starting:
+            opening = starting.create_task(self._open_store())
+            chunking = starting.create_task(
+                asyncio.to_thread(
+                    Chunker,
+                    ChunkingConfig(
+                        max_tokens=s.chunk_max_tokens,
+                        overlap_tokens=s.chunk_overlap_tokens,
+                        max_chars=s.chunk_max_chars,
+                    ),
+                )
+            )
+            starting.create_task(self.readiness.wait())
+        store, chunker = opening.result(), chunking.result()
         await self._check_dimension(embeddings)
-        chunker = await asyncio.to_thread(
-            Chunker,
-            ChunkingConfig(
-                max_tokens=s.chunk_max_tokens,
-                overlap_tokens=s.chunk_overlap_tokens,
-                max_chars=s.chunk_max_chars,
-            ),
-        )
-        self._store = store = await VectorStore.open(
-            self.milvus_uri,
-            s.embedding_dimension,
-            token=s.milvus_token,
-            index_type=s.milvus_index_type,
-            default_collection=s.default_collection,
-            timeout_s=s.call_timeout_s,
-        )
         stages = StageRunner(s)
         rails = Rails(s, GrpcGuardrails(self._channels["guardrails"]), stages)
         retriever = Retriever(stages, rails, embeddings, store)
@@ -143,6 +177,37 @@ class RouterApp:
             ingestor=Ingestor(s, chunker, embeddings, store),
             documents=Documents(s, store),
         )
+
+    def _watch_dependencies(self, llm: LlmPool[aio.Channel]) -> None:
+        """Follow each watched dependency's grpc.health.v1 over the channels the calls use."""
+
+        def one(name: str) -> Callable[[], Coroutine[Any, Any, dict[str, aio.Channel]]]:
+            async def channels() -> dict[str, aio.Channel]:
+                return {name: self._channels[name]}
+
+            return channels
+
+        for name in self.readiness.watched:
+            if name == "llm":
+                watch = follow(self.readiness, name, llm.channels, watch_health, llm.refresh_every_s)
+            else:
+                watch = follow(self.readiness, name, one(name), watch_health)
+            task = asyncio.create_task(watch, name=f"watch {name}")
+            task.add_done_callback(_log_watch_end)
+            self._watchers.append(task)
+
+    async def _open_store(self) -> VectorStore:
+        s = self.settings
+        self._store = store = await VectorStore.open(
+            self.milvus_uri,
+            s.embedding_dimension,
+            token=s.milvus_token,
+            index_type=s.milvus_index_type,
+            default_collection=s.default_collection,
+            timeout_s=s.call_timeout_s,
+        )
+        self.readiness.opened()
+        return store
 
     async def _check_dimension(self, embeddings: GrpcEmbeddings) -> None:
         """A model with another vector size would fail every search; say so at start. An embed
@@ -163,6 +228,9 @@ class RouterApp:
             )
 
     async def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         if self._store is not None:
             await self._store.close()
         for channel in self._channels.values():
@@ -188,4 +256,14 @@ class RouterApp:
             "default_top_k": str(s.default_top_k),
             "on_retrieval_failure": s.on_retrieval_failure,
             "on_guardrails_failure": s.on_guardrails_failure,
+            "readiness_dependencies": ",".join(s.required_dependencies()),
+            "generation_idle_timeout_s": f"{s.generation_idle_timeout_s:g}",
+            "stream_write_timeout_s": f"{s.stream_write_timeout_s:g}",
+            "ingest_idle_timeout_s": f"{s.ingest_idle_timeout_s:g}",
         }
+
+
+def _log_watch_end(task: asyncio.Task[None]) -> None:
+    """A watch ends only when cancelled (close); anything else is a bug worth a loud log."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended: %s", task.get_name(), task.exception(), exc_info=task.exception())

@@ -7,10 +7,14 @@ own deadline, so the router can still answer with a clear status instead of the 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from typing import TypeVar
 
 from services.common.errors import DeadlineExceeded
+
+T = TypeVar("T")
 
 # Kept back from every downstream timeout so the router's own answer still reaches the caller.
 RESPONSE_MARGIN_S = 0.05
@@ -50,3 +54,24 @@ class Deadline:
         if left is None:
             return unbounded_s
         return max(0.001, left - RESPONSE_MARGIN_S)
+
+
+async def paced(
+    items: AsyncIterable[T], idle_s: float, on_idle: Callable[[], Exception]
+) -> AsyncGenerator[T, None]:
+    """`items`, each of which must come within `idle_s` of being asked for, else `on_idle()` is
+    raised: a quiet peer ends the stream whatever the total bound. Only the wait for the next item
+    counts, not what the consumer does between items. `items` is not closed here: its owner does."""
+    iterator = aiter(items)
+    while True:
+        timer = asyncio.timeout(idle_s)
+        try:
+            async with timer:
+                item = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if timer.expired():
+                raise on_idle() from None
+            raise
+        yield item

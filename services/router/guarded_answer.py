@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from opentelemetry import trace
 
@@ -51,7 +51,7 @@ class GuardedAnswer:
         deadline: Deadline,
         degradation: Degradation,
         grounding: Sequence[Grounding] = (),
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         """Deltas of checked text, then a ChatEnd (without citations: the caller adds those)."""
         s = self._settings
         request = GenerateRequest(

@@ -1,10 +1,12 @@
 """Ingestion: validate a document, split it into token-aware overlapping chunks, embed them in
-batches, and replace the document's chunks in one upsert. No gRPC here.
+batches, and store them as the document's new version. No gRPC here.
 
-Everything that can fail slowly (chunking, embedding) happens before anything is written, and
-the write is one upsert keyed by (tenant, collection, document id, chunk): a failure mid-document
-leaves the previous version whole, and re-ingesting a document replaces it. Every call gets what
-is left of the caller's deadline (or `call_timeout_s` without one).
+Everything that can fail slowly (chunking, embedding) happens before anything is written, and the
+index replaces a document whole (`VectorIndex.replace_document`: readers see the old version or the
+new one, never a mix, whatever fails or is killed when). A document is durable once the index has
+acknowledged it, so a stream acknowledges each document as it is stored and ends without a flush
+(servers rate-limit flushes per collection: one per stream would fail busy ingest). Every call gets
+what is left of the caller's deadline (or `call_timeout_s` without one).
 
 Caps (issue 12), each checked before any work: a document's size and metadata, documents per
 stream, Ingest streams open per tenant (RESOURCE_EXHAUSTED `INGEST_STREAMS`, the slot released on
@@ -223,10 +225,6 @@ class Ingestor:
         metrics.INGESTED_CHUNKS.inc(stored)
         return IngestedDocument(document.id, stored)
 
-    async def flush(self, collections: set[str], deadline: Deadline) -> None:
-        for collection in sorted(collections):
-            await self._index.flush(collection, self._timeout("flushing", deadline))
-
     async def _embed(self, texts: list[str], deadline: Deadline) -> list[list[float]]:
         async with self._embed_slots:
             return await self._embeddings.embed(texts, False, self._timeout("embedding chunks", deadline))
@@ -248,7 +246,6 @@ class IngestStream:
         self._collections = collections
         self.documents = 0
         self.chunks = 0
-        self._written: set[str] = set()
 
     async def ingest(self, collection: str, document: DocumentInput) -> IngestedDocument:
         ingestor = self._ingestor
@@ -261,12 +258,8 @@ class IngestStream:
         ingestor.validate(document)
         name = ingestor.collection(collection)
         await ingestor._admit_collection(self.tenant, name, self._collections, self._deadline)
+        # Durable once it returns: the caller may acknowledge it at once.
         stored = await ingestor._write(self.tenant, name, document, self._deadline)
-        self._written.add(name)
         self.documents += 1
         self.chunks += stored.chunk_count
         return stored
-
-    async def flush(self) -> None:
-        """Make everything this stream wrote durable."""
-        await self._ingestor.flush(self._written, self._deadline)

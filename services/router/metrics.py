@@ -1,6 +1,6 @@
 """Prometheus metrics of the router (admission metrics are in admission_metrics.py)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -40,4 +40,15 @@ DEPENDENCY_REJECTIONS = Counter(
     "Requests the router built that a dependency rejected as invalid (a router bug: the caller gets "
     "INTERNAL), by dependency.",
     ["dependency"],
+)
+DEPENDENCY_UP = Gauge(
+    "forge_router_dependency_up",
+    "1 while a dependency answers SERVING on its grpc.health.v1 (llm: at least one replica), else 0.",
+    ["dependency"],
+)
+STREAMS_ENDED = Counter(
+    "forge_router_streams_ended",
+    "Streams the router ended because the other side went quiet, by cause (generation_idle: no "
+    "token from the LLM; write_stall: the client read nothing; ingest_idle: the client sent nothing).",
+    ["cause"],
 )

@@ -221,7 +221,11 @@ class Llm(Protocol):
 
 class VectorIndex(Protocol):
     """Tenant-scoped document chunks. Every call is bounded by `timeout_s` and raises
-    `IndexTimeout` past it, `IndexUnavailable` when the index fails."""
+    `IndexTimeout` past it, `IndexUnavailable` when the index fails.
+
+    Whole versions: a document is always one version, whole, to every reader, whatever fails or is
+    killed when; a write that returned is durable (it survives a kill of the router or the index
+    server), so no call to make it so exists."""
 
     async def search(
         self, tenant: str, collection: str, vector: Sequence[float], top_k: int, timeout_s: float
@@ -238,7 +242,10 @@ class VectorIndex(Protocol):
         chunks: Sequence[ChunkRecord],
         timeout_s: float,
     ) -> int:
-        """Store `chunks` as the whole document, replacing an earlier version; the count stored."""
+        """Store `chunks` as the whole document, replacing an earlier version; the count stored.
+        Before it returns, readers see the old version or the new one, never a mix; after it, the
+        new one, durably. On an error the document is whole, old or new (an error after the
+        commit point may still leave the new one)."""
         ...
 
     async def delete_documents(
@@ -249,8 +256,4 @@ class VectorIndex(Protocol):
 
     async def list_collections(self, tenant: str, timeout_s: float) -> list[tuple[str, int]]:
         """(collection, the tenant's chunk count), by name."""
-        ...
-
-    async def flush(self, collection: str, timeout_s: float) -> None:
-        """Make recent writes durable."""
         ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 
 from opentelemetry import trace
@@ -105,7 +105,9 @@ class ChatOrchestrator:
             ),
         )
 
-    async def chat(self, tenant: str, request: ChatInput, deadline: Deadline) -> AsyncIterator[ChatEvent]:
+    async def chat(
+        self, tenant: str, request: ChatInput, deadline: Deadline
+    ) -> AsyncGenerator[ChatEvent, None]:
         request = self.validate(request)
         started = time.monotonic()
         outcome = "error"
@@ -122,12 +124,16 @@ class ChatOrchestrator:
         )
         async with contextlib.AsyncExitStack() as session:
             await self._admit(session, tenant, request, deadline)
+            # Closed here, in this task, however the chat ends: the generation is aborted now,
+            # not when the garbage collector finalizes an abandoned generator.
+            answer = self._grounded_answer(tenant, request, deadline)
             try:
-                async for event in self._grounded_answer(tenant, request, deadline):
-                    if isinstance(event, ChatEnd):
-                        outcome = "blocked" if event.verdict is not None else "completed"
-                        request_span.set_attributes(_end_attributes(event))
-                    yield event
+                async with contextlib.aclosing(answer):
+                    async for event in answer:
+                        if isinstance(event, ChatEnd):
+                            outcome = "blocked" if event.verdict is not None else "completed"
+                            request_span.set_attributes(_end_attributes(event))
+                        yield event
             except (asyncio.CancelledError, GeneratorExit):
                 outcome = "cancelled"
                 raise
@@ -157,7 +163,7 @@ class ChatOrchestrator:
 
     async def _grounded_answer(
         self, tenant: str, request: ChatInput, deadline: Deadline
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         degradation = Degradation()
         on_failure = self.settings.on_retrieval_failure
         conversation = list(request.messages)
@@ -204,17 +210,19 @@ class ChatOrchestrator:
         )
         citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
         grounding = grounding_for(request.messages, kept)
-        async for event in self._answer.stream(
+        stream = self._answer.stream(
             messages, request.sampling, request.priority, deadline, degradation, grounding
-        ):
-            if isinstance(event, ChatEnd):
-                event = replace(
-                    event,
-                    citations=citations,
-                    degraded=bool(degradation),
-                    degraded_reasons=degradation.reasons,
-                )
-            yield event
+        )
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if isinstance(event, ChatEnd):
+                    event = replace(
+                        event,
+                        citations=citations,
+                        degraded=bool(degradation),
+                        degraded_reasons=degradation.reasons,
+                    )
+                yield event
 
     async def _check_turns(
         self, conversation: Sequence[Message], deadline: Deadline, degradation: Degradation

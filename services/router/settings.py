@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.settings import DEFAULT_GRPC_PORTS
+
+# The services the router calls and watches (Milvus is opened, not watched).
+DEPENDENCIES = ("llm", "embed", "guardrails")
+
+
+def _names(spec: str) -> list[str]:
+    return [n.strip() for n in spec.split(",") if n.strip()]
 
 
 def _local(service: str) -> str:
@@ -26,6 +33,11 @@ class RouterSettings(BaseSettings):
     llm_replica_cooldown_s: Annotated[float, Field(gt=0)] = 5.0
     embed_address: str = _local("embed")
     guardrails_address: str = _local("guardrails")
+    # Readiness: the router reports NOT_SERVING (and answers UNAVAILABLE naming what it waits for)
+    # until each of these has answered SERVING on its grpc.health.v1 and Milvus is open. Comma-
+    # separated, of llm, embed, guardrails; guardrails counts only when guardrails_enabled. Leave
+    # one out only where the router may serve without it (degrade rules say what it then does).
+    readiness_dependencies: str = "llm,embed,guardrails"
     # Milvus: a local path ending in .db = Milvus Lite owned by this process
     # ("" = FORGE_HOME/milvus/forge.db), or a server / cluster URI such as http://milvus:19530.
     milvus_uri: str = ""
@@ -75,6 +87,15 @@ class RouterSettings(BaseSettings):
     stage_timeout_cap_s: Annotated[float, Field(gt=0)] = 10.0
     # Generation without a caller deadline is still bounded.
     generation_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # A generation that streams no token for this long (the first one included: prefill and any
+    # queueing in the LLM) is aborted: UNAVAILABLE "llm unavailable: no token for ...". An LLM
+    # frozen mid-answer then holds a chat and its session slot this long, not the total above.
+    generation_idle_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # A client that stops reading: each message the router streams (a Chat's answer, an Ingest's
+    # progress) must be taken by the transport within this, else the call ends (DEADLINE_EXCEEDED)
+    # and its session or stream slot is freed. Small answers fit the transport's buffers and never
+    # wait; a client that vanished is also dropped by keepalive (about 40 s).
+    stream_write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
     # Ingestion.
     chunk_max_tokens: Annotated[int, Field(ge=16, le=256)] = 200
@@ -103,6 +124,9 @@ class RouterSettings(BaseSettings):
     # (INGEST_STREAMS). Embedding is shared by all streams (embed_batches_in_flight), so more
     # streams add no speed, only chunking threads and documents held in memory (up to 16 MiB each).
     max_ingest_streams_per_tenant: Annotated[int, Field(ge=1)] = 4
+    # An Ingest stream whose client sends no message for this long is ended (DEADLINE_EXCEEDED)
+    # and its stream slot freed; the time the router spends on a document does not count.
+    ingest_idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # Collections one tenant may hold chunks in, the default collection included (what
     # ListCollections shows it): each is a Milvus collection with its own index and memory, and
     # listing counts in every one of them. An Ingest into a new collection beyond it gets
@@ -115,3 +139,20 @@ class RouterSettings(BaseSettings):
     # The embed service batches across requests too: two batches in flight keep it busy (one
     # computing, one queued) without a batch's wait eating its timeout.
     embed_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
+
+    @field_validator("readiness_dependencies")
+    @classmethod
+    def _known_dependencies(cls, value: str) -> str:
+        unknown = [n for n in _names(value) if n not in DEPENDENCIES]
+        if unknown:
+            raise ValueError(f"unknown dependencies {unknown}: each must be one of {', '.join(DEPENDENCIES)}")
+        return value
+
+    def watched_dependencies(self) -> tuple[str, ...]:
+        """The services the router calls, each watched for its health."""
+        return tuple(d for d in DEPENDENCIES if d != "guardrails" or self.guardrails_enabled)
+
+    def required_dependencies(self) -> tuple[str, ...]:
+        """The services that must be SERVING before the router is."""
+        wanted = set(_names(self.readiness_dependencies))
+        return tuple(d for d in self.watched_dependencies() if d in wanted)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.security.tls import ensure_tls_dir
 from tests.deploy.conftest import DEPLOY, REPO
+from tests.helpers import free_port
 
 DOCKER = DEPLOY / "docker"
 PROBE = DOCKER / "healthcheck.py"
@@ -85,6 +86,21 @@ def test_probe_follows_grpc_health(health_server: tuple[int, health.HealthServic
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
     servicer.enter_graceful_shutdown()  # draining: NOT_SERVING again
     assert probe(str(port)).returncode == 1
+
+
+def test_live_probe_passes_any_answer_and_fails_without_one(
+    health_server: tuple[int, health.HealthServicer],
+) -> None:
+    """--live (liveness): a process loading, draining or waiting for a dependency answers
+    NOT_SERVING and is alive; only no answer fails."""
+    port, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    result = probe("--live", str(port))
+    assert result.returncode == 0 and "NOT_SERVING" in result.stdout, result.stderr
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert probe("--live", str(port)).returncode == 0
+    nothing = probe("--live", str(free_port()), env={"FORGE_HEALTHCHECK_TIMEOUT_S": "2"})
+    assert nothing.returncode == 1
 
 
 def test_probe_fails_when_nothing_listens() -> None:

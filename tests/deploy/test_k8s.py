@@ -189,11 +189,18 @@ def test_workloads_probes_and_services(rendered: dict[str, list[Object]]) -> Non
             assert args[args.index("--metrics-port") + 1] == str(DEFAULT_METRICS_PORTS[service])
             assert args[args.index("--host") + 1] == "0.0.0.0"
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                if service == "router":  # health is open on the router's port: the native probe
+                # Liveness (and the router's start, which waits for its dependencies) asks only
+                # whether the process answers (--live); readiness asks for SERVING.
+                live = probe == "livenessProbe" or (service == "router" and probe == "startupProbe")
+                if service == "router" and not live:  # health is open on its port: the native probe
                     assert container[probe]["grpc"] == {"port": port}, (service, probe)
-                else:  # mutual TLS only, which the kubelet's gRPC probe cannot speak
+                else:  # mutual TLS only, which the kubelet's gRPC probe cannot speak; or any status
                     assert "grpc" not in container[probe], (service, probe)
-                    assert container[probe]["exec"]["command"] == ["forge-healthcheck", str(port)]
+                    command = ["forge-healthcheck", *(["--live"] if live else []), str(port)]
+                    assert container[probe]["exec"]["command"] == command, (service, probe)
+            # Liveness is generous: a 20-30 s pause (a freeze, a GC) is no restart.
+            liveness = container["livenessProbe"]
+            assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60, service
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports == {"grpc": port, "metrics": DEFAULT_METRICS_PORTS[service]}
             pod = deployment["spec"]["template"]["spec"]

@@ -19,6 +19,7 @@ from forge.v1 import embed_pb2, embed_pb2_grpc, ops_pb2, ops_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli.main import MESH_SERVICES
 from services.cli.supervisor import wait_serving
 from services.common.security.settings import admin_key_path
 from services.common.settings import DEFAULT_GRPC_PORTS
@@ -202,7 +203,13 @@ async def test_forge_up_serves_restarts_and_stops(
     second_pid = await asyncio.wait_for(restarted(), 180)
     assert pid_alive(second_pid)
 
+    # The SIGKILLed embed and router were restarted: `forge up` said so on stderr (not read here).
+    # Every process of the mesh now, the engine cores included: none may outlive the stop.
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) > len(MESH_SERVICES), "vLLM's engine core runs beside the four services"
     proc.send_signal(signal.SIGINT)
     await read_until(proc, "Forge stopped")
     assert await asyncio.wait_for(proc.wait(), 60) == 0
     assert not pid_alive(second_pid)
+    left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"left behind after stop: {left}"

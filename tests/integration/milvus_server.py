@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,8 +121,11 @@ class MilvusServer:
         psutil.wait_procs(alive, timeout=timeout_s)
 
 
-def start_server(executable: Path, base_dir: Path, timeout_s: float = 120) -> MilvusServer:
-    """Start a server with its data under `base_dir` on free loopback ports; return once it answers."""
+def start_server(
+    executable: Path, base_dir: Path, timeout_s: float = 120, extra_config: Sequence[str] = ()
+) -> MilvusServer:
+    """Start a server with its data under `base_dir` on free loopback ports; return once it answers.
+    `extra_config`: more `key=value` settings (e.g. "quotaAndLimits.flushRate.enabled=true")."""
     base_dir.mkdir(parents=True, exist_ok=True)
     data_dir = base_dir / "data"
     ports = {option: free_port() for option in _PORT_OPTIONS}
@@ -143,6 +147,8 @@ def start_server(executable: Path, base_dir: Path, timeout_s: float = 120) -> Mi
     # Strong-consistency reads wait for the next time tick: 50 ms ticks instead of 200 make the
     # tests several times faster and change nothing else.
     command += ["--extra-config", "proxy.timeTickInterval=50"]
+    for setting in extra_config:
+        command += ["--extra-config", setting]
     log = base_dir / "milvus-server.log"
     with open(log, "wb") as out:
         wrapper = subprocess.Popen(

@@ -82,6 +82,7 @@ async def test_sessions_spread_and_move_off_a_dead_replica(
         llm_addresses=",".join(address for _, address, _ in replicas),
         embed_address=f"127.0.0.1:{free_port()}",  # not needed: no retrieval, no rails here
         guardrails_enabled=False,
+        readiness_dependencies="llm",  # embed is not there
         llm_replica_cooldown_s=60,
     )
     app = RouterApp(load_profile("cpu", environ={}), tmp_path, settings, mesh_dialer("router"))

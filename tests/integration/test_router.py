@@ -302,7 +302,13 @@ async def test_retrieval_failure_degrades_or_fails_by_policy(
 ) -> None:
     dead_embed = f"127.0.0.1:{free_port()}"
     for policy in ("degrade", "fail"):
-        app = router_app(mesh, tmp_path / policy, on_retrieval_failure=policy, embed_address=dead_embed)
+        app = router_app(
+            mesh,
+            tmp_path / policy,
+            on_retrieval_failure=policy,
+            embed_address=dead_embed,
+            readiness_dependencies="llm,guardrails",  # it must serve without embed to show this
+        )
         async with router_stub(app) as (stub, _):
             call = stub.Chat(chat_request("What is the capital of France?", 8), metadata=tenant("acme"))
             if policy == "degrade":

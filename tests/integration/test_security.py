@@ -64,6 +64,7 @@ async def mesh(home: Path) -> AsyncIterator[Mesh]:
         "FORGE_ROUTER_GUARDRAILS_ADDRESS": unused,
         "FORGE_ROUTER_MILVUS_TOKEN": MILVUS_TOKEN,
         "FORGE_ROUTER_GUARDRAILS_ENABLED": "false",  # not the subject here; keeps the mesh small
+        "FORGE_ROUTER_READINESS_DEPENDENCIES": "embed",  # the LLM address leads nowhere
     }
     try:
         await embed.start()

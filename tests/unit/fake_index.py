@@ -15,7 +15,6 @@ class FakeIndex:
     failure: Exception | None = None
     timeouts: list[float] = field(default_factory=list)
     documents: dict[tuple[str, str, str], list[ChunkRecord]] = field(default_factory=dict)
-    flushed: list[str] = field(default_factory=list)
 
     def _call(self, timeout_s: float) -> None:
         self.timeouts.append(timeout_s)
@@ -50,7 +49,3 @@ class FakeIndex:
     async def list_collections(self, tenant: str, timeout_s: float) -> list[tuple[str, int]]:
         self._call(timeout_s)
         return sorted({(c, 0) for t, c, _ in self.documents if t == tenant})
-
-    async def flush(self, collection: str, timeout_s: float) -> None:
-        self._call(timeout_s)
-        self.flushed.append(collection)

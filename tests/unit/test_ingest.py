@@ -106,10 +106,14 @@ async def test_a_failed_dependency_writes_nothing_and_keeps_its_own_error(chunke
         await ingestor(chunker, FakeEmbeddings(), index).ingest("acme", "", doc, Deadline(None))
 
 
-async def test_flush_covers_every_collection_touched(chunker: Chunker) -> None:
+async def test_a_stream_acknowledges_each_write_and_ends_without_a_flush(chunker: Chunker) -> None:
+    """Writes are durable when the index returns (servers rate-limit flushes: none per stream)."""
     index = FakeIndex()
-    await ingestor(chunker, FakeEmbeddings(), index).flush({"b", "a"}, Deadline(None))
-    assert index.flushed == ["a", "b"]
+    with ingestor(chunker, FakeEmbeddings(), index).stream("acme", Deadline(None)) as stream:
+        for collection in ("a", "b"):
+            await stream.ingest(collection, DocumentInput("d", "Some text.", {}))
+    # Per new collection: one look at the tenant's collections, one write; nothing after.
+    assert len(index.timeouts) == 4 and set(index.documents) == {("acme", c, "d") for c in "ab"}
 
 
 async def test_documents_are_deleted_and_listed_per_tenant(chunker: Chunker) -> None:

@@ -26,7 +26,7 @@ from forge.v1 import common_pb2 as forge_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x66orge/v1/ops.proto\x12\x08\x66orge.v1\x1a\x15\x66orge/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12GetGpuStatsRequest\"`\n\x13GetGpuStatsResponse\x12\x1f\n\x03gpu\x18\x01 \x01(\x0b\x32\x12.forge.v1.GpuStats\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.forge.v1.ServiceGpuUsage\"\x10\n\x0eGetInfoRequest\"\x80\x02\n\x0fGetInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tisolation\x18\x06 \x01(\t\x12\x39\n\x08settings\x18\x07 \x03(\x0b\x32\'.forge.v1.GetInfoResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x98\x01\n\nOpsService\x12J\n\x0bGetGpuStats\x12\x1c.forge.v1.GetGpuStatsRequest\x1a\x1d.forge.v1.GetGpuStatsResponse\x12>\n\x07GetInfo\x12\x18.forge.v1.GetInfoRequest\x1a\x19.forge.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x66orge/v1/ops.proto\x12\x08\x66orge.v1\x1a\x15\x66orge/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12GetGpuStatsRequest\"`\n\x13GetGpuStatsResponse\x12\x1f\n\x03gpu\x18\x01 \x01(\x0b\x32\x12.forge.v1.GpuStats\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.forge.v1.ServiceGpuUsage\"\x10\n\x0eGetInfoRequest\"\xa9\x03\n\x0fGetInfoResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tisolation\x18\x06 \x01(\t\x12\x39\n\x08settings\x18\x07 \x03(\x0b\x32\'.forge.v1.GetInfoResponse.SettingsEntry\x12\x13\n\x0bwaiting_for\x18\x08 \x03(\t\x12\x41\n\x0c\x64\x65pendencies\x18\t \x03(\x0b\x32+.forge.v1.GetInfoResponse.DependenciesEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aO\n\x11\x44\x65pendenciesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.forge.v1.DependencyStatus:\x02\x38\x01\"3\n\x10\x44\x65pendencyStatus\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\x98\x01\n\nOpsService\x12J\n\x0bGetGpuStats\x12\x1c.forge.v1.GetGpuStatsRequest\x1a\x1d.forge.v1.GetGpuStatsResponse\x12>\n\x07GetInfo\x12\x18.forge.v1.GetInfoRequest\x1a\x19.forge.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETINFORESPONSE_SETTINGSENTRY']._loaded_options = None
   _globals['_GETINFORESPONSE_SETTINGSENTRY']._serialized_options = b'8\001'
+  _globals['_GETINFORESPONSE_DEPENDENCIESENTRY']._loaded_options = None
+  _globals['_GETINFORESPONSE_DEPENDENCIESENTRY']._serialized_options = b'8\001'
   _globals['_GETGPUSTATSREQUEST']._serialized_start=88
   _globals['_GETGPUSTATSREQUEST']._serialized_end=108
   _globals['_GETGPUSTATSRESPONSE']._serialized_start=110
@@ -42,9 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=208
   _globals['_GETINFOREQUEST']._serialized_end=224
   _globals['_GETINFORESPONSE']._serialized_start=227
-  _globals['_GETINFORESPONSE']._serialized_end=483
-  _globals['_GETINFORESPONSE_SETTINGSENTRY']._serialized_start=436
-  _globals['_GETINFORESPONSE_SETTINGSENTRY']._serialized_end=483
-  _globals['_OPSSERVICE']._serialized_start=486
-  _globals['_OPSSERVICE']._serialized_end=638
+  _globals['_GETINFORESPONSE']._serialized_end=652
+  _globals['_GETINFORESPONSE_SETTINGSENTRY']._serialized_start=524
+  _globals['_GETINFORESPONSE_SETTINGSENTRY']._serialized_end=571
+  _globals['_GETINFORESPONSE_DEPENDENCIESENTRY']._serialized_start=573
+  _globals['_GETINFORESPONSE_DEPENDENCIESENTRY']._serialized_end=652
+  _globals['_DEPENDENCYSTATUS']._serialized_start=654
+  _globals['_DEPENDENCYSTATUS']._serialized_end=705
+  _globals['_OPSSERVICE']._serialized_start=708
+  _globals['_OPSSERVICE']._serialized_end=860
 # @@protoc_insertion_point(module_scope)

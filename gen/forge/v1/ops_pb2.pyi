@@ -98,6 +98,27 @@ class GetInfoResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class DependenciesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___DependencyStatus: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___DependencyStatus | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SERVICE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
@@ -105,6 +126,8 @@ class GetInfoResponse(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.str
     profile: _builtins.str
@@ -118,6 +141,16 @@ class GetInfoResponse(_message.Message):
     def settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Service-specific settings that shape behaviour (batch sizes, limits, model), as strings."""
 
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the process waits for before it reports SERVING (the router: "llm", "embed",
+        "guardrails", "milvus"), while it does; empty once it has served.
+        """
+
+    @_builtins.property
+    def dependencies(self) -> _containers.MessageMap[_builtins.str, Global___DependencyStatus]:
+        """Each dependency the process watches (the router: llm, embed, guardrails), as last heard."""
+
     def __init__(
         self,
         *,
@@ -128,11 +161,41 @@ class GetInfoResponse(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         isolation: _builtins.str = ...,
         settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        dependencies: _abc.Mapping[_builtins.str, Global___DependencyStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "pid", b"pid", "profile", b"profile", "service", b"service", "settings", b"settings", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "isolation", b"isolation", "pid", b"pid", "profile", b"profile", "service", b"service", "settings", b"settings", "started_at", b"started_at", "version", b"version", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
+
+@_typing.final
+class DependencyStatus(_message.Message):
+    """One dependency of a process, as that process last heard from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    serving: _builtins.bool
+    """It answers SERVING (an LLM with several replicas: at least one replica does)."""
+    detail: _builtins.str
+    """What was heard, in words: "SERVING", "NOT_SERVING", "UNAVAILABLE: ...", "not answered yet",
+    or per replica ("1 of 2 replicas serving (...)").
+    """
+    def __init__(
+        self,
+        *,
+        serving: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyStatus: _TypeAlias = DependencyStatus  # noqa: Y015

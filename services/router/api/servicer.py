@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -10,10 +12,10 @@ from grpc import aio
 from opentelemetry import trace
 
 from services.common.codec import finding_to_pb, sampling_from_pb
-from services.common.errors import InvalidArgument
+from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.security.access import CURRENT_CALLER, TENANT_HEADER
-from services.router import validation
-from services.router.deadline import Deadline
+from services.router import metrics, validation
+from services.router.deadline import Deadline, paced
 from services.router.documents import Documents
 from services.router.ingest import DocumentInput, Ingestor
 from services.router.ports import ChatDelta, ChatEnd, ChatInput, Message, Priority
@@ -43,6 +45,31 @@ def tenant_of(context: Context) -> str:
 
 def deadline_of(context: Context) -> Deadline:
     return Deadline(context.time_remaining())
+
+
+async def send(context: Context, message: object, timeout_s: float) -> None:
+    """One message of a streamed answer, taken by the transport within `timeout_s`. A client that
+    stops reading fills its flow-control window and the write waits: the call is ended instead,
+    so it holds no session or stream slot (the caller's generator is closed by its owner)."""
+    timer = asyncio.timeout(timeout_s)
+    try:
+        async with timer:
+            await context.write(message)
+    except TimeoutError:
+        if not timer.expired():
+            raise
+        metrics.STREAMS_ENDED.labels("write_stall").inc()
+        raise DeadlineExceeded(
+            f"the client read nothing for {timeout_s:g}s; the call was ended and its slot freed"
+        ) from None
+
+
+def _ingest_idle(idle_s: float) -> DeadlineExceeded:
+    metrics.STREAMS_ENDED.labels("ingest_idle").inc()
+    return DeadlineExceeded(
+        f"Ingest stream: the client sent nothing for {idle_s:g}s; the stream was ended and its "
+        "slot freed (send documents without long pauses, or open a new stream for the rest)"
+    )
 
 
 def current_trace_id() -> str:
@@ -94,15 +121,20 @@ class RouterParts:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    """`parts` exist once the router has loaded (Milvus open); before that health says NOT_SERVING
-    and a call that comes anyway gets UNAVAILABLE."""
+    """`parts` exist once the router has loaded (its dependencies serving, Milvus open); before
+    that health says NOT_SERVING and a call that comes anyway gets UNAVAILABLE naming what the
+    router waits for.
+
+    The streaming methods write through the context (grpc.aio takes a coroutine that does), so
+    each write is bounded: a client that stops reading cannot hold a slot (`send`)."""
 
     def __init__(self, parts: Callable[[], RouterParts]) -> None:
         self._parts = parts
 
-    async def Chat(
+    async def Chat(  # type: ignore[override]  # writes through the context (see the class)
         self, request: router_pb2.ChatRequest, context: Context
-    ) -> AsyncIterator[router_pb2.ChatResponse]:
+    ) -> None:
+        parts = self._parts()
         tenant = tenant_of(context)
         chat = ChatInput(
             messages=tuple(Message(m.role, m.content) for m in request.messages),
@@ -116,11 +148,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Up front, so a client has the trace id before the first text (which the output rail
         # releases a sentence at a time).
         await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
-        async for event in self._parts().chat.chat(tenant, chat, deadline_of(context)):
-            if isinstance(event, ChatDelta):
-                yield router_pb2.ChatResponse(delta=event.text)
-            else:
-                yield router_pb2.ChatResponse(summary=_summary(event, trace_id))
+        write_timeout_s = parts.chat.settings.stream_write_timeout_s
+        # Closed however the call ends (a stalled write, a cancel): the session slot is freed now.
+        async with contextlib.aclosing(parts.chat.chat(tenant, chat, deadline_of(context))) as events:
+            async for event in events:
+                if isinstance(event, ChatDelta):
+                    reply = router_pb2.ChatResponse(delta=event.text)
+                else:
+                    reply = router_pb2.ChatResponse(summary=_summary(event, trace_id))
+                await send(context, reply, write_timeout_s)
 
     async def Search(self, request: router_pb2.SearchRequest, context: Context) -> router_pb2.SearchResponse:
         result = await self._parts().search.search(
@@ -141,15 +177,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             degraded_reasons=result.degraded_reasons,
         )
 
-    async def Ingest(
+    async def Ingest(  # type: ignore[override]  # writes through the context (see the class)
         self, request_iterator: AsyncIterator[router_pb2.IngestRequest], context: Context
-    ) -> AsyncIterator[router_pb2.IngestResponse]:
+    ) -> None:
+        ingestor = self._parts().ingestor
         tenant = tenant_of(context)
         deadline = deadline_of(context)
+        s = ingestor.settings
+        # A client that sends nothing for the idle bound ends the stream (only the wait counts).
+        requests = paced(
+            request_iterator, s.ingest_idle_timeout_s, lambda: _ingest_idle(s.ingest_idle_timeout_s)
+        )
         # The tenant's stream slot is taken before the first message is read and given back on
-        # every way out: done, an error, a cancel or a client gone (the generator is closed).
-        with self._parts().ingestor.stream(tenant, deadline) as stream:
-            async for request in request_iterator:
+        # every way out: done, an error, a cancel or a client gone.
+        with ingestor.stream(tenant, deadline) as stream:
+            async for request in requests:
                 if not request.HasField("document"):
                     raise InvalidArgument(
                         "document", f"is required (message {stream.documents + 1} of the stream)"
@@ -158,14 +200,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 stored = await stream.ingest(
                     request.collection, DocumentInput(doc.id, doc.text, dict(doc.metadata))
                 )
-                yield router_pb2.IngestResponse(
+                progress = router_pb2.IngestResponse(
                     document_id=stored.document_id,
                     chunk_count=stored.chunk_count,
                     documents_ingested=stream.documents,
                     chunks_ingested=stream.chunks,
                 )
-            # The stream ends OK only once everything is durable.
-            await stream.flush()
+                await send(context, progress, s.stream_write_timeout_s)
+            # No flush: each document was durable when acknowledged above (see milvus_store).
 
     async def DeleteDocuments(
         self, request: router_pb2.DeleteDocumentsRequest, context: Context

@@ -94,6 +94,16 @@ class LlmPool(Generic[C]):
     def replicas(self) -> list[Replica[C]]:
         return list(self._replicas.values())
 
+    @property
+    def refresh_every_s(self) -> float | None:
+        """How often the replicas change (a DNS name is resolved again); None: never."""
+        return self._resolve_every_s if self._dynamic else None
+
+    async def channels(self) -> dict[str, C]:
+        """Each replica's channel by address, resolved anew when due (for the health watch)."""
+        await self._refresh()
+        return {r.address: r.channel for r in self._replicas.values()}
+
     def _update(self, addresses: Sequence[str]) -> None:
         for address in addresses:
             if address not in self._replicas:
@@ -165,12 +175,15 @@ class LlmPool(Generic[C]):
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Generated, None]:
         tried: set[str] = set()
         busy: ResourceExhausted | None = None
+        failed: Unavailable | None = None
         while True:
             try:
                 replica = await self._pick(tried)
             except Unavailable:
                 if busy is not None:  # every replica that answered was full
                     raise busy from None
+                if failed is not None and len(tried) == 1:  # the one replica's own words
+                    raise failed from None
                 raise
             tried.add(replica.address)
             started = False
@@ -187,6 +200,7 @@ class LlmPool(Generic[C]):
                 if started:
                     raise
                 self._failed(replica, exc)
+                failed = exc
             except ResourceExhausted as exc:
                 if started:
                     raise

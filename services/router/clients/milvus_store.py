@@ -4,15 +4,60 @@ A Forge collection `<name>` is the Milvus collection `forge_<name>`, shared by a
 carries its tenant and every read or delete filters on it server-side. The URI picks the backend: a
 local path ending `.db` is a Milvus Lite file (one process per file), anything else a Milvus server.
 
-Rows are keyed by a hash of (tenant, collection, document_id, chunk_index), so re-ingesting a document
-upserts the same keys (idempotent) and then deletes the old version's surplus tail. Rows also carry
-`doc_key`, a hash of (tenant, collection, document_id): deletes and counts filter on that hex string,
-never on the raw document id, because Milvus Lite 2.5.1's expression parser cannot match a string with
-a newline or carriage return in it, whatever the escaping.
+Whole versions (issue 13). A document is always entirely one version, whatever is killed when:
+- Every write of a document is a new *version* (a 60-bit number: the write's start time in
+  microseconds, shifted, plus random bits; increasing within a process). Its chunk rows are
+  INSERTED under fresh primary keys `v<version hex><hash>`; nothing live is overwritten.
+- A *commit row* (same collection, `chunk_index == -1`, pk `m<hash(doc_key, version)>`) names a
+  version and its chunk count; a document's committed version is the highest its commit rows
+  name. Inserting that one row is the commit point (inserted, not upserted: Lite's upsert is a
+  delete then an insert, which a reader in between would see as no commit at all). After it, the
+  replaced version's rows and commit row go in one delete. Deleting a document deletes its commit
+  rows first, then its chunk rows.
+- Readers see only committed versions: search drops every hit whose row version is not its
+  document's committed version (read after the search) and searches again, wider, when that left
+  fewer than `top_k`, or when a hit was *older* than the committed version (a commit landed while
+  it searched: the new rows exist already, so the next round finds them; at most 4 rounds, the
+  last one's answer stands). Counts come from the commit rows. A half-written new version, or an
+  old one whose delete was cut short, is never returned; it is garbage, removed by the document's
+  next write, its deletion, or a sweep.
+Why this holds: one version's rows are one insert, visible all at once, before its commit; they
+are deleted only after a later commit. A search that reads a document's commit rows after it
+searched keeps the committed version's hits only if the search saw them, and then it saw all of
+them: a document is in an answer whole or not at all. "Not at all" happens only when commits of
+that document land during every round of one search (a reader racing back-to-back re-ingests of
+the document it is looking for).
 
-Milvus Lite 2.5.1 also turns a rejected upsert into a delete (the old rows with those keys are gone,
-the new ones never written) and does not enforce VARCHAR lengths, so every row is validated here,
-before the one upsert call, against the limits a server would enforce.
+Kills. Killed before the commit: the old version is still the committed one (the new rows are
+invisible leftovers). Killed after it: the new version is whole; old rows are invisible leftovers.
+A Lite file is open in one process only, so a store on Lite is its only writer: each write removes
+every leftover of its document, and attaching a collection (at open, or first use) sweeps the
+leftovers of all documents. On a server, other routers may be writing the same document at once;
+a write there removes only what it replaced and leftovers older than `writer_grace_s` (a write
+that took longer than half of that is refused before its commit), so it never deletes another
+writer's rows in flight; `writer_grace_s=0` declares the store the server's only writer (it then
+behaves as on Lite). Two routers writing one document at once: the higher version wins.
+
+Legacy collections (written before versions, rows keyed by hash(tenant, collection, document_id,
+chunk_index)) need no schema change: opening one builds the commit rows once (version 0 = the
+legacy keys, with the document's row count) and then writes a layout marker row
+(`chunk_index == -2`); a crash mid-way redoes it. A legacy document's next write replaces it
+with a versioned one. Legacy data that was already a mix (a kill between the old upsert and tail
+delete) cannot be told apart and stays as it was.
+
+Durability: an acknowledged write survives a SIGKILL of the router, of the Lite process and of a
+Milvus server, without a flush (tests/integration/test_whole_versions.py kills each): a server
+(2.3.5 standalone, tested) logs every insert and delete to its message log before it answers and
+replays it at restart; a Lite file is SQLite, every change committed before Lite answers. (A
+router killed with SIGKILL leaves its Lite process running for about 2 s: it stops by itself
+once the file's lock is free.) Tested against process kills, not power loss.
+
+Rows also carry `doc_key`, a hash of (tenant, collection, document_id): deletes and lookups filter
+on that hex string, never on the raw document id, because Milvus Lite 2.5.1's expression parser
+cannot match a string with a newline or carriage return in it, whatever the escaping. Lite 2.5.1
+also turns a rejected upsert into a delete and does not enforce VARCHAR lengths, so every row is
+validated here, before it is written, against the limits a server would enforce; chunk and commit
+rows are inserted, never upserted (only the migration's own rows are upserted, idempotently).
 
 Implements the `VectorIndex` port. Every public call is bounded by the `timeout_s` the use case
 carved from the caller's deadline (the store's own default only when none is given), shared by the
@@ -27,10 +72,12 @@ import contextlib
 import hashlib
 import importlib
 import json
+import logging
 import math
 import re
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -70,6 +117,7 @@ _INDEX_BUILD_PARAMS: Final[dict[str, dict[str, int]]] = {
     "AUTOINDEX": {},
 }
 _OUTPUT_FIELDS: Final = ["document_id", "chunk_index", "text", "metadata"]
+_SEARCH_FIELDS: Final = ["doc_key", *_OUTPUT_FIELDS]
 _REQUIRED_FIELDS: Final = frozenset({"pk", "doc_key", "tenant", "chunk_index", "vector", *_OUTPUT_FIELDS})
 
 # Raised by pymilvus for a malformed request built here (a bug in this module), not for a Milvus failure.
@@ -84,6 +132,24 @@ _PROGRAMMING_ERRORS: Final = (
     milvus_errors.InvalidConsistencyLevel,
 )
 _COLLECTION_NOT_FOUND: Final = 100  # Milvus error code
+
+# Row kinds, by chunk_index: chunks are 0..n-1; a document's commit row and a collection's layout
+# marker are below 0 (every read of chunks filters `chunk_index >= 0`).
+_COMMIT_INDEX: Final = -1
+_LAYOUT_INDEX: Final = -2
+_LAYOUT_PK: Final = "layout:versioned"  # not hex, not v..., not m...: no chunk or commit row has it
+_CHUNKS: Final = "chunk_index >= 0"
+_VERSION_HEX: Final = 15  # 60 bits: the write's start in microseconds << 8, plus 8 random bits
+_VERSION_SHIFT: Final = 8
+LEGACY_VERSION: Final = 0  # rows keyed the pre-version way: their pks are 40 hex digits, all < "v"
+_PAGE: Final = 4096  # rows per query when scanning (Milvus caps offset + limit at 16384)
+_SEARCH_ROUNDS: Final = 4  # at most this many searches per Search; the last one's answer stands
+_OVERFETCH: Final = 16  # extra hits asked for, so rows of other versions rarely cost a round
+# A server store deletes another writer's rows only when their version is older than this (the
+# writes of other routers in flight are younger: a write older than half of it is not committed).
+DEFAULT_WRITER_GRACE_S: Final = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 class MilvusUnavailable(IndexUnavailable):
@@ -135,6 +201,22 @@ class _Collection:
 _lite_users: dict[str, int] = {}
 
 
+@dataclass(frozen=True)
+class Commit:
+    """A document's committed version (the highest among its commit rows) and its chunk count,
+    with every commit row found (older ones are garbage once a newer one exists)."""
+
+    doc_key: str
+    version: int
+    chunks: int
+    rows: tuple[str, ...] = ()  # pks of all its commit rows
+    versions: tuple[int, ...] = ()  # the versions they name
+
+
+# Called by the store at each step of a write (see `VectorStore.pause_at`); tests stop there.
+StepHook = Callable[[str], Awaitable[None]]
+
+
 class VectorStore:
     """Chunks of tenants' documents in Milvus. Create with `await VectorStore.open(...)`."""
 
@@ -148,6 +230,7 @@ class VectorStore:
         index_type: str,
         default_collection: str,
         timeout_s: float,
+        writer_grace_s: float,
     ) -> None:
         self._client = client
         self._target = target  # for messages: never the URI itself (it may carry credentials)
@@ -156,10 +239,16 @@ class VectorStore:
         self.index_type = index_type
         self.default_collection = default_collection
         self._timeout_s = timeout_s
+        # None: this store is the only writer (a Lite file is open in one process only).
+        only_writer = lite_path is not None or writer_grace_s == 0
+        self._writer_grace_s: float | None = None if only_writer else writer_grace_s
         self._collections: dict[str, _Collection] = {}  # Milvus name -> known to exist, loaded, checked
         self._schema_lock = asyncio.Lock()
         self._doc_locks: dict[tuple[str, str, str], _KeyLock] = {}
+        self._last_version = 0
         self._closed = False
+        # Test seam: awaited at each named step of a write or delete (never set in production).
+        self.pause_at: StepHook | None = None
 
     @property
     def is_lite(self) -> bool:
@@ -175,11 +264,17 @@ class VectorStore:
         index_type: str = "FLAT",
         default_collection: str = "default",
         timeout_s: float = 30.0,
+        writer_grace_s: float = DEFAULT_WRITER_GRACE_S,
     ) -> VectorStore:
+        """Open the store; on a Lite file, also sweep the leftovers of writes cut short.
+        `writer_grace_s` (servers only): see the module docstring; 0 declares this store the
+        server's only writer, which then removes every leftover at once."""
         if not 1 <= dimension <= MAX_DIMENSION:
             raise ValueError(f"dimension must be in 1..{MAX_DIMENSION}, got {dimension}")
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
+        if writer_grace_s < 0:
+            raise ValueError(f"writer_grace_s must be >= 0, got {writer_grace_s}")
         validation.collection(default_collection)
         lite_path = _lite_path(uri)
         if lite_path is not None:
@@ -214,6 +309,7 @@ class VectorStore:
             index_type=index_type,
             default_collection=default_collection,
             timeout_s=timeout_s,
+            writer_grace_s=writer_grace_s,
         )
         try:
             await store._ensure(_milvus_name(default_collection), store._budget(None), create=True)
@@ -252,35 +348,38 @@ class VectorStore:
         timeout_s: float | None = None,
     ) -> int:
         """Store `chunks` as the whole of the document, replacing any earlier version. Returns the
-        number stored. An empty `chunks` deletes the document."""
+        number stored. An empty `chunks` deletes the document. Readers see the old version whole
+        until the commit, the new one whole after it; a failure or kill at any point leaves one of
+        the two."""
         validation.tenant(tenant)
         name = _milvus_name(collection)
-        rows = self._rows(tenant, collection, document_id, chunks)
+        version = self._next_version()
+        rows = self._rows(tenant, collection, document_id, chunks, version)
+        if not rows:
+            await self.delete_documents(tenant, collection, [document_id], timeout_s)
+            return 0
+        doc_key = _doc_key(tenant, collection, document_id)
         budget = self._budget(timeout_s)
         async with self._document_locks(tenant, name, [document_id]):
-            if rows:
-                await self._ensure(name, budget, create=True)
-                # One upsert: a failure leaves the old version whole and no part of the new one.
-                await self._call(
-                    f"upsert into {name}", lambda t: self._client.upsert(name, rows, timeout=t), budget
-                )
-            elif not await self._ensure(name, budget, create=False):
-                return 0
-            # The old version's chunks beyond the new length; after the upsert, so a failure there
-            # leaves the new version plus a stale tail, never a hole.
-            stale = (
-                f"{_eq('doc_key', _doc_key(tenant, collection, document_id))} and chunk_index >= {len(rows)}"
-            )
+            await self._ensure(name, budget, create=True)
+            previous = (await self._commits(name, tenant, [doc_key], budget)).get(doc_key)
+            await self._step("before-insert")
+            # Fresh keys: whatever happens from here to the commit, the committed version is untouched.
             await self._call(
-                f"delete from {name}",
-                lambda t: self._client.delete(
-                    name,
-                    filter=f"{_eq('tenant', tenant)} and {stale}",
-                    consistency_level="Strong",
-                    timeout=t,
-                ),
-                budget,
+                f"insert into {name}", lambda t: self._client.insert(name, rows, timeout=t), budget
             )
+            await self._step("inserted")
+            self._check_young(version, f"write of {document_id!r}")
+            commit = self._commit_row(tenant, doc_key, document_id, version, len(rows))
+            # The commit point: one new row (inserted: Lite's upsert is a delete, then an insert,
+            # which a reader in between would see as no commit at all). Readers take the highest
+            # version among a document's commit rows.
+            await self._call(
+                f"commit in {name}", lambda t: self._client.insert(name, [commit], timeout=t), budget
+            )
+            await self._step("committed")
+            await self._collect(name, tenant, {doc_key: previous}, version, budget)
+            await self._step("collected")
         return len(rows)
 
     async def delete_documents(
@@ -299,18 +398,36 @@ class VectorStore:
         async with self._document_locks(tenant, name, ids):
             for start in range(0, len(ids), _IDS_PER_EXPRESSION):
                 keys = [_doc_key(tenant, collection, d) for d in ids[start : start + _IDS_PER_EXPRESSION]]
-                found, deleted = await self._delete_keys(name, tenant, keys, budget)
-                documents += found
-                chunks += deleted
+                commits = await self._commits(name, tenant, keys, budget)
+                if commits:
+                    # The documents vanish at once, with their commit rows; their chunks are garbage.
+                    pks = _pk_in([pk for c in commits.values() for pk in c.rows])
+                    await self._delete(name, f"{_eq('tenant', tenant)} and {pks}", budget)
+                    await self._step("uncommitted")
+                previous: dict[str, Commit | None] = {k: commits.get(k) for k in keys}
+                await self._collect(name, tenant, previous, None, budget)
+                documents += len(commits)
+                chunks += sum(c.chunks for c in commits.values())
         return documents, chunks
 
     async def flush(self, collection: str, timeout_s: float | None = None) -> None:
-        """Seal the collection's recent writes into persisted segments (Milvus does this by itself too;
-        a Lite file keeps its data across close and reopen without it)."""
+        """Seal the collection's recent writes into segments. Not needed for durability (see the
+        module docstring) and rate-limited by servers (0.1/s per collection by default from
+        Milvus 2.3.9): for operators and tests, not for every write."""
         name = _milvus_name(collection)
         budget = self._budget(timeout_s)
         if await self._ensure(name, budget, create=False):
             await self._call(f"flush {name}", lambda t: self._client.flush(name, timeout=t), budget)
+
+    async def sweep(self, collection: str, timeout_s: float | None = None) -> int:
+        """Delete the collection's garbage chunk rows (versions no commit row names), of every
+        tenant; on a server with other writers only those older than `writer_grace_s`. Returns how
+        many. Opening a Lite file does this for each collection it attaches."""
+        name = _milvus_name(collection)
+        budget = self._budget(timeout_s)
+        if not await self._ensure(name, budget, create=False):
+            return 0
+        return await self._sweep(name, budget)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -322,8 +439,8 @@ class VectorStore:
         top_k: int,
         timeout_s: float | None = None,
     ) -> list[ContextChunk]:
-        """The tenant's `top_k` chunks closest to `vector`, most similar first. An unknown collection
-        holds nothing: []."""
+        """The tenant's `top_k` chunks closest to `vector`, most similar first, of committed versions
+        only. An unknown collection holds nothing: []."""
         validation.tenant(tenant)
         name = _milvus_name(collection)
         query = _vector(vector, self.dimension, "vector")
@@ -333,29 +450,24 @@ class VectorStore:
         budget.left(f"search {name}")
         if not await self._ensure(name, budget, create=False):
             return []
-        params = {"metric_type": METRIC, "params": self._collections[name].search_params(top_k)}
-        try:
-            result = await self._call(
-                f"search {name}",
-                lambda t: self._client.search(
-                    name,
-                    data=[query],
-                    limit=top_k,
-                    filter=_eq("tenant", tenant),
-                    output_fields=_OUTPUT_FIELDS,
-                    search_params=params,
-                    # A document ingested just before must be found.
-                    consistency_level="Strong",
-                    timeout=t,
-                ),
-                budget,
-            )
-        except MilvusUnavailable as e:
-            if e.milvus_code == _COLLECTION_NOT_FOUND:  # dropped behind our back
-                self._collections.pop(name, None)
-                return []
-            raise
-        hits = [
+        limit = min(MAX_TOP_K, top_k + _OVERFETCH)
+        kept: list[dict[str, Any]] = []
+        for _ in range(_SEARCH_ROUNDS):
+            try:
+                hits = await self._search(name, tenant, query, limit, budget)
+            except MilvusUnavailable as e:
+                if e.milvus_code == _COLLECTION_NOT_FOUND:  # dropped behind our back
+                    self._collections.pop(name, None)
+                    return []
+                raise
+            commits = await self._commits(name, tenant, {h["entity"]["doc_key"] for h in hits}, budget)
+            kept, superseded = _committed_hits(hits, commits)
+            more = len(kept) < top_k and len(hits) == limit < MAX_TOP_K
+            if not superseded and not more:
+                break
+            if more:
+                limit = min(MAX_TOP_K, 2 * limit)
+        chunks = [
             ContextChunk(
                 document_id=str(hit["entity"]["document_id"]),
                 chunk_index=int(hit["entity"]["chunk_index"]),
@@ -363,15 +475,15 @@ class VectorStore:
                 text=str(hit["entity"]["text"]),
                 metadata={str(k): str(v) for k, v in (hit["entity"].get("metadata") or {}).items()},
             )
-            for hit in result[0]
+            for hit in kept
         ]
-        hits.sort(key=lambda h: h.score, reverse=True)
-        return hits
+        chunks.sort(key=lambda h: h.score, reverse=True)
+        return chunks[:top_k]
 
     async def list_collections(self, tenant: str, timeout_s: float | None = None) -> list[tuple[str, int]]:
-        """Forge collections holding chunks of this tenant, with the chunk counts, by name. The default
-        collection is always listed; others only where the tenant has chunks (names are not shared
-        across tenants)."""
+        """Forge collections holding chunks of this tenant, with the chunk counts (of committed
+        versions), by name. The default collection is always listed; others only where the tenant
+        has chunks (names are not shared across tenants)."""
         validation.tenant(tenant)
         budget = self._budget(timeout_s)
         names = await self._call(
@@ -388,47 +500,208 @@ class VectorStore:
             name = _milvus_name(collection)
             if not await self._ensure(name, budget, create=False):
                 return 0
-            return await self._count(name, _eq("tenant", tenant), budget)
+            where = f"{_eq('tenant', tenant)} and chunk_index == {_COMMIT_INDEX}"
+            rows = await self._scan(name, where, ["doc_key", "metadata"], budget)
+            return sum(c.chunks for c in _latest_commits(rows).values())
 
         counts = await asyncio.gather(*(count(c) for c in forge))
         return [(c, n) for c, n in zip(forge, counts, strict=True) if n > 0 or c == self.default_collection]
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _delete_keys(
-        self, name: str, tenant: str, doc_keys: Sequence[str], budget: _TimeBudget
-    ) -> tuple[int, int]:
-        where = f"{_eq('tenant', tenant)} and doc_key in [{', '.join(_quote(k) for k in doc_keys)}]"
-        # Every stored document has a chunk 0 (a version is chunks 0..n-1 and only its tail is trimmed).
-        firsts = await self._call(
-            f"query {name}",
-            lambda t: self._client.query(
+    def _next_version(self) -> int:
+        """A fresh version: later than any this process made, and ordered by start time across
+        processes (up to their clocks' skew)."""
+        now = time.time_ns() // 1000 << _VERSION_SHIFT | secrets.randbits(_VERSION_SHIFT)
+        self._last_version = max(now, self._last_version + 1)
+        return self._last_version
+
+    def _grace_cutoff(self) -> int | None:
+        """Versions below this are nobody's write in flight; None: every version is (one writer)."""
+        if self._writer_grace_s is None:
+            return None
+        started = time.time_ns() // 1000 - int(self._writer_grace_s * 1e6)
+        return max(0, started) << _VERSION_SHIFT
+
+    def _check_young(self, version: int, what: str) -> None:
+        """Refuse to commit a write older than half the grace: others may treat it as garbage."""
+        if self._writer_grace_s is None:
+            return
+        age_s = (time.time_ns() // 1000 - (version >> _VERSION_SHIFT)) / 1e6
+        if age_s > self._writer_grace_s / 2:
+            raise IndexTimeout(f"{what} took {age_s:.0f}s, over half of writer_grace_s; not committed")
+
+    async def _step(self, step: str) -> None:
+        if self.pause_at is not None:
+            await self.pause_at(step)
+
+    async def _search(
+        self, name: str, tenant: str, query: list[float], limit: int, budget: _TimeBudget
+    ) -> list[dict[str, Any]]:
+        params = {"metric_type": METRIC, "params": self._collections[name].search_params(limit)}
+        result = await self._call(
+            f"search {name}",
+            lambda t: self._client.search(
                 name,
-                filter=f"{where} and chunk_index == 0",
-                output_fields=["doc_key"],
+                data=[query],
+                limit=limit,
+                filter=f"{_eq('tenant', tenant)} and {_CHUNKS}",
+                output_fields=_SEARCH_FIELDS,
+                search_params=params,
+                # A document ingested just before must be found.
                 consistency_level="Strong",
                 timeout=t,
             ),
             budget,
         )
-        chunks = await self._count(name, where, budget)
-        if chunks:
-            await self._call(
-                f"delete from {name}",
-                lambda t: self._client.delete(name, filter=where, consistency_level="Strong", timeout=t),
-                budget,
-            )
-        return len({row["doc_key"] for row in firsts}), chunks
+        return list(result[0])
 
-    async def _count(self, name: str, where: str, budget: _TimeBudget) -> int:
+    async def _commits(
+        self, name: str, tenant: str, doc_keys: Iterable[str], budget: _TimeBudget
+    ) -> dict[str, Commit]:
+        """The committed versions of these documents (absent: none)."""
+        keys = sorted(set(doc_keys))
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(keys), _IDS_PER_EXPRESSION):
+            listed = ", ".join(_quote(k) for k in keys[start : start + _IDS_PER_EXPRESSION])
+            where = f"{_eq('tenant', tenant)} and chunk_index == {_COMMIT_INDEX} and doc_key in [{listed}]"
+            rows += await self._query(name, where, ["pk", "doc_key", "metadata"], budget)
+        return _latest_commits(rows)
+
+    async def _collect(
+        self,
+        name: str,
+        tenant: str,
+        previous: dict[str, Commit | None],
+        committed: int | None,
+        budget: _TimeBudget,
+    ) -> None:
+        """After a commit of `committed` (None: after deleting the commit rows), delete these
+        documents' rows that are garbage now: the versions and commit rows the commit replaced
+        and, where this store is the only writer, every other version; else the versions older
+        than the grace. Cut short, it leaves only rows no reader sees."""
+        chunks = _CHUNKS if committed is None else f"{_CHUNKS} and {_outside_version(committed)}"
+        commit_rows = f"chunk_index == {_COMMIT_INDEX}"
+        if committed is not None:
+            commit_rows += f" and pk not in [{', '.join(_quote(_commit_pk(k, committed)) for k in previous)}]"
+        cutoff = self._grace_cutoff()
+        if cutoff is not None:
+            olds = [c for c in previous.values() if c is not None]
+            ranges = [_version_range(v) for c in olds for v in c.versions]
+            if committed is not None:
+                cutoff = min(cutoff, committed)
+            chunks += " and (" + " or ".join([f"pk < {_quote(_version_pk(cutoff))}", *ranges]) + ")"
+            commit_rows = _pk_in([pk for c in olds for pk in c.rows])
+        keys = ", ".join(_quote(k) for k in sorted(previous))
+        where = f"{_eq('tenant', tenant)} and doc_key in [{keys}] and (({chunks}) or ({commit_rows}))"
+        try:
+            await self._delete(name, where, budget)
+        except (IndexUnavailable, IndexTimeout) as e:
+            # The commit stands: what is left is garbage no reader sees, removed by the next write.
+            log.warning("garbage rows left in %s: %s", name, e)
+
+    async def _sweep(self, name: str, budget: _TimeBudget) -> int:
+        commit_rows = await self._scan(
+            name, f"chunk_index == {_COMMIT_INDEX}", ["doc_key", "metadata"], budget
+        )
+        latest = _latest_commits(commit_rows)
+        commits = {k: c.version for k, c in latest.items()}
+        # Commit rows below a document's latest are garbage whoever wrote them: never read again.
+        stale = [
+            str(r["pk"])
+            for r in commit_rows
+            if str(r["pk"]) != _commit_pk(str(r["doc_key"]), commits[str(r["doc_key"])])
+        ]
+        cutoff = self._grace_cutoff()
+        where = _CHUNKS if cutoff is None else f"{_CHUNKS} and pk < {_quote(_version_pk(cutoff))}"
+        garbage = stale + [
+            str(row["pk"])
+            for row in await self._scan(name, where, ["doc_key"], budget)
+            if commits.get(str(row["doc_key"])) != _row_version(str(row["pk"]))
+        ]
+        for start in range(0, len(garbage), _IDS_PER_EXPRESSION):
+            pks = ", ".join(_quote(p) for p in garbage[start : start + _IDS_PER_EXPRESSION])
+            await self._delete(name, f"pk in [{pks}]", budget)
+        if garbage:
+            log.info("swept %d garbage rows from %s", len(garbage), name)
+        return len(garbage)
+
+    async def _scan(
+        self, name: str, where: str, fields: list[str], budget: _TimeBudget
+    ) -> list[dict[str, Any]]:
+        """Every row matching `where`, a page at a time in primary-key order."""
+        rows: list[dict[str, Any]] = []
+        last = ""
+        while True:
+            after = f" and pk > {_quote(last)}" if last else ""
+            page = await self._query(name, f"({where}){after}", ["pk", *fields], budget, limit=_PAGE)
+            rows += page
+            if len(page) < _PAGE:
+                return rows
+            last = max(str(row["pk"]) for row in page)
+
+    async def _migrate(self, name: str, budget: _TimeBudget) -> None:
+        """Give a collection written before versions its commit rows (one per document: version 0,
+        its row count), then the layout marker. Idempotent: a crash mid-way redoes it."""
+        marker = await self._query(name, f"pk == {_quote(_LAYOUT_PK)}", ["pk"], budget)
+        if marker:
+            return
+        documents: dict[str, dict[str, Any]] = {}
+        rows = await self._scan(name, _CHUNKS, ["doc_key", "tenant", "document_id"], budget)
+        for row in rows:
+            entry = documents.setdefault(str(row["doc_key"]), {**row, "chunks": 0})
+            entry["chunks"] += 1
+        commits = [
+            self._commit_row(str(d["tenant"]), k, str(d["document_id"]), LEGACY_VERSION, int(d["chunks"]))
+            for k, d in sorted(documents.items())
+        ]
+        for start in range(0, len(commits), _PAGE):
+            await self._upsert(name, commits[start : start + _PAGE], budget)
+        layout = {
+            **self._commit_row("", "", "", LEGACY_VERSION, 0),
+            "pk": _LAYOUT_PK,
+            "chunk_index": _LAYOUT_INDEX,
+        }
+        await self._upsert(name, [layout], budget)
+        if documents:
+            log.info("%s: %d documents written before versions now have commit rows", name, len(documents))
+
+    def _commit_row(
+        self, tenant: str, doc_key: str, document_id: str, version: int, chunks: int
+    ) -> dict[str, Any]:
+        return {
+            "pk": _commit_pk(doc_key, version),
+            "doc_key": doc_key,
+            "tenant": tenant,
+            "document_id": document_id,
+            "chunk_index": _COMMIT_INDEX,
+            "text": "",
+            "metadata": {"version": f"{version:x}", "chunks": chunks},
+            # Never searched (filtered out); cosine needs some nonzero vector.
+            "vector": [1.0] + [0.0] * (self.dimension - 1),
+        }
+
+    async def _query(
+        self, name: str, where: str, fields: list[str], budget: _TimeBudget, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        # Strong: a read must see every write acknowledged before it.
+        extra = {} if limit is None else {"limit": limit}
         rows = await self._call(
-            f"count in {name}",
+            f"query {name}",
             lambda t: self._client.query(
-                name, filter=where, output_fields=["count(*)"], consistency_level="Strong", timeout=t
+                name, filter=where, output_fields=fields, consistency_level="Strong", timeout=t, **extra
             ),
             budget,
         )
-        return int(rows[0]["count(*)"]) if rows else 0
+        return list(rows)
+
+    async def _delete(self, name: str, where: str, budget: _TimeBudget) -> None:
+        await self._call(
+            f"delete from {name}", lambda t: self._client.delete(name, filter=where, timeout=t), budget
+        )
+
+    async def _upsert(self, name: str, rows: list[dict[str, Any]], budget: _TimeBudget) -> None:
+        await self._call(f"upsert into {name}", lambda t: self._client.upsert(name, rows, timeout=t), budget)
 
     async def _ensure(self, name: str, budget: _TimeBudget, *, create: bool) -> bool:
         """True when the Milvus collection exists (created if `create`), is loaded and has our schema."""
@@ -516,16 +789,20 @@ class VectorStore:
         if metric != METRIC:
             raise StoreSchemaMismatch(f"{self._target}: collection {name} uses metric {metric}, not {METRIC}")
         await self._call(f"load {name}", lambda t: self._client.load_collection(name, timeout=t), budget)
-        return _Collection(index_type=str(index.get("index_type", "")).upper())
+        attached = _Collection(index_type=str(index.get("index_type", "")).upper())
+        await self._migrate(name, budget)
+        if self._writer_grace_s is None:  # the only writer: whatever no commit names is garbage
+            await self._sweep(name, budget)
+        return attached
 
     def _rows(
-        self, tenant: str, collection: str, document_id: str, chunks: Sequence[ChunkRecord]
+        self, tenant: str, collection: str, document_id: str, chunks: Sequence[ChunkRecord], version: int
     ) -> list[dict[str, Any]]:
         """Milvus rows for a document, after checking everything a server would reject."""
         validation.stored_document_id(document_id, "document_id")
         indexes = sorted(c.chunk_index for c in chunks)
         if indexes != list(range(len(chunks))):
-            # The stale-tail delete relies on a version being exactly chunks 0..n-1.
+            # A version is exactly chunks 0..n-1 (its commit row counts them).
             raise InvalidArgument("chunks", f"chunk_index values must be 0..{len(chunks) - 1}, each once")
         doc_key = _doc_key(tenant, collection, document_id)
         rows = []
@@ -545,7 +822,7 @@ class VectorStore:
                 raise InvalidArgument(f"{where}.metadata", f"larger than {MAX_METADATA_BYTES} bytes as JSON")
             rows.append(
                 {
-                    "pk": _hash(tenant, collection, document_id, chunk.chunk_index),
+                    "pk": _chunk_pk(version, tenant, collection, document_id, chunk.chunk_index),
                     "doc_key": doc_key,
                     "tenant": tenant,
                     "document_id": document_id,
@@ -639,6 +916,81 @@ def _hash(*parts: object) -> str:
 
 def _doc_key(tenant: str, collection: str, document_id: str) -> str:
     return _hash(tenant, collection, document_id)
+
+
+def _version_pk(version: int) -> str:
+    """The smallest pk of a chunk row of `version` (chunk pks sort by version)."""
+    return f"v{version:0{_VERSION_HEX}x}"
+
+
+def _chunk_pk(version: int, *parts: object) -> str:
+    return _version_pk(version) + _hash(version, *parts)[: _KEY_LEN - 1 - _VERSION_HEX]
+
+
+def _commit_pk(doc_key: str, version: int) -> str:
+    return "m" + _hash("commit", doc_key, version)[: _KEY_LEN - 1]
+
+
+def _pk_in(pks: Sequence[str]) -> str:
+    """`pk in [...]`; Lite 2.5.1 fails on an empty list, so that is a filter nothing matches."""
+    if not pks:
+        return f"chunk_index < {_LAYOUT_INDEX}"
+    return f"pk in [{', '.join(_quote(p) for p in pks)}]"
+
+
+def _row_version(pk: str) -> int:
+    """The version a chunk row belongs to: legacy rows (40 hex digits) are version 0."""
+    return int(pk[1 : 1 + _VERSION_HEX], 16) if pk.startswith("v") else LEGACY_VERSION
+
+
+def _version_range(version: int) -> str:
+    """A filter on the chunk rows of one version."""
+    if version == LEGACY_VERSION:
+        return 'pk < "v"'
+    return f"(pk >= {_quote(_version_pk(version))} and pk < {_quote(_version_pk(version + 1))})"
+
+
+def _outside_version(version: int) -> str:
+    """A filter on the chunk rows of every other version (Lite 2.5.1 has no `not`)."""
+    if version == LEGACY_VERSION:
+        return 'pk >= "v"'
+    return f"(pk < {_quote(_version_pk(version))} or pk >= {_quote(_version_pk(version + 1))})"
+
+
+def _latest_commits(rows: Iterable[dict[str, Any]]) -> dict[str, Commit]:
+    """Per document, the commit row of the highest version (others are being replaced or garbage),
+    with every commit row's pk and version."""
+    found: dict[str, list[tuple[int, int, str]]] = {}
+    for row in rows:
+        meta = row["metadata"]
+        found.setdefault(str(row["doc_key"]), []).append(
+            (int(str(meta["version"]), 16), int(meta["chunks"]), str(row.get("pk", "")))
+        )
+    latest = {}
+    for doc_key, commits in found.items():
+        version, chunks, _ = max(commits)
+        latest[doc_key] = Commit(
+            doc_key, version, chunks, tuple(pk for _, _, pk in commits), tuple(v for v, _, _ in commits)
+        )
+    return latest
+
+
+def _committed_hits(
+    hits: Sequence[dict[str, Any]], commits: dict[str, Commit]
+) -> tuple[list[dict[str, Any]], bool]:
+    """The hits of committed versions, and whether any hit was of a version older than its
+    document's committed one (a commit may have landed during the search: search again)."""
+    kept, superseded = [], False
+    for hit in hits:
+        commit = commits.get(str(hit["entity"]["doc_key"]))
+        if commit is None:
+            continue  # not committed yet, or deleted
+        version = _row_version(str(hit["id"]))
+        if version == commit.version:
+            kept.append(hit)
+        elif version < commit.version:
+            superseded = True
+    return kept, superseded
 
 
 def _quote(value: str) -> str:

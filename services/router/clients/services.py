@@ -8,7 +8,9 @@ service rejects as invalid is the router's bug: INTERNAL naming the service, and
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import grpc
 from forge.v1 import (
@@ -21,6 +23,7 @@ from forge.v1 import (
     llm_pb2_grpc,
 )
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import channels, telemetry
 from services.common.codec import sampling_to_pb
@@ -33,6 +36,7 @@ from services.common.errors import (
 )
 from services.common.status import retry_details
 from services.router import metrics
+from services.router.deadline import paced
 from services.router.ports import (
     Generated,
     GenerateRequest,
@@ -68,6 +72,30 @@ def domain_error(dependency: str, err: aio.AioRpcError, timeout_s: float | None 
         metrics.DEPENDENCY_REJECTIONS.labels(dependency).inc()
         return Internal(f"{dependency} rejected a request the router built: {details}")
     return Unavailable(dependency, f"{code.name}: {details}")
+
+
+# A broken health stream is opened again after this (the new one waits for the connection).
+HEALTH_RETRY_S = 1.0
+
+
+async def watch_health(channel: aio.Channel, report: Callable[[bool, str], None]) -> None:
+    """Follow a service's grpc.health.v1 Watch ("": the whole process) until cancelled, reporting
+    each status it answers. A broken stream (the service killed, restarting, shut down) reports
+    not serving; the next one waits for the connection. A frozen service is noticed by the
+    channel's keepalive (channels.KEEPALIVE_*), which breaks the stream."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    while True:
+        try:
+            call = stub.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
+            async for reply in call:
+                report(
+                    reply.status == serving, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                )
+            report(False, "its health stream ended (shutting down)")
+        except aio.AioRpcError as err:
+            report(False, f"{err.code().name}: {err.details() or 'no details'}")
+        await asyncio.sleep(HEALTH_RETRY_S)
 
 
 class GrpcEmbeddings:
@@ -130,9 +158,16 @@ def _messages(messages: Sequence[Message]) -> list[common_pb2.ChatMessage]:
 class GrpcLlm:
     dependency = "llm"
 
-    def __init__(self, channel: aio.Channel) -> None:
+    def __init__(self, channel: aio.Channel, idle_timeout_s: float = 30.0) -> None:
         self._stub = llm_pb2_grpc.LlmServiceStub(channel)
         self._max_context: int | None = None
+        self._idle_timeout_s = idle_timeout_s
+
+    def _idle(self) -> Unavailable:
+        metrics.STREAMS_ENDED.labels("generation_idle").inc()
+        return Unavailable(
+            self.dependency, f"no token for {self._idle_timeout_s:g}s; the generation was aborted"
+        )
 
     async def max_context_tokens(self, timeout_s: float) -> int:
         if self._max_context is None:  # a property of the loaded model: ask once
@@ -166,15 +201,18 @@ class GrpcLlm:
             ),
             timeout=request.timeout_s,
         )
+        # Each token must come within the idle bound: a frozen LLM ends the answer in that time,
+        # not at the total (600 s without a caller deadline); cancel() aborts it in the LLM.
+        replies = paced(call, self._idle_timeout_s, self._idle)
         try:
-            async for reply in call:
-                finish = FINISH_FROM_PB.get(reply.finish_reason)
-                yield Generated(
-                    text=reply.text,
-                    finish_reason=finish,
-                    prompt_tokens=reply.usage.prompt_tokens,
-                    completion_tokens=reply.usage.completion_tokens,
-                )
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    yield Generated(
+                        text=reply.text,
+                        finish_reason=FINISH_FROM_PB.get(reply.finish_reason),
+                        prompt_tokens=reply.usage.prompt_tokens,
+                        completion_tokens=reply.usage.completion_tokens,
+                    )
         except aio.AioRpcError as err:
             raise domain_error(self.dependency, err, request.timeout_s) from err
         finally:
