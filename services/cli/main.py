@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # Services `forge up` starts (all at once; each is health-gated on its own).
 MESH_SERVICES = ("llm", "embed", "guardrails", "router")
+# The router reports SERVING only once these serve (its readiness); its start clock waits for them.
+ROUTER_WAITS_FOR = ("llm", "embed", "guardrails")
 DEFAULT_ROUTER = f"127.0.0.1:{DEFAULT_GRPC_PORTS['router']}"
 
 
@@ -517,6 +519,7 @@ def up(
             DEFAULT_METRICS_PORTS[s] + port_offset,
             env=service_environment(profile, s),  # under MPS: the service's pinned memory limit
             health_dialer=dialers[s],
+            after=ROUTER_WAITS_FOR if s == "router" else (),
         )
         for s in MESH_SERVICES
     ]

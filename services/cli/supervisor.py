@@ -44,8 +44,9 @@ FAILED_LINE = re.compile(r"cannot serve any more: (.*); draining and exiting")
 # Log lines kept per service, and how many a restart message repeats.
 LOG_TAIL_LINES = 40
 LOG_LINES_SHOWN = 5
-# Leftover processes of a service that already exited get this long after SIGTERM.
-LEFTOVER_GRACE_S = 5.0
+# Leftover processes of a service that already exited get this long after SIGTERM: nothing is left
+# for them to drain (vLLM's engine core ignores SIGTERM anyway), and a restart waits on them.
+LEFTOVER_GRACE_S = 1.0
 
 PR_SET_PDEATHSIG = 1
 
@@ -126,6 +127,10 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     # How the supervisor reaches its health (mutual TLS for llm, embed and guardrails).
     health_dialer: Dialer = PLAINTEXT
+    # Services this one waits for before it reports SERVING (the router waits for llm, embed and
+    # guardrails): its start timeout counts from when they all serve, so a slow LLM load does not
+    # get the router killed as stuck.
+    after: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
         return [
@@ -364,9 +369,7 @@ class Supervisor:
         spec, policy = child.spec, self.policy
         exited = asyncio.create_task(child.exited.wait())
         stop = asyncio.create_task(self._stopping.wait())
-        gate = asyncio.create_task(
-            wait_serving(spec.address, policy.start_timeout_s, spec.health_dialer, spec.service)
-        )
+        gate = asyncio.create_task(self._started(child))
         live: asyncio.Task[float] | None = None
         try:
             await asyncio.wait({gate, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -408,6 +411,14 @@ class Supervisor:
                 if task is not None:
                     task.cancel()
             exited.cancel()
+
+    async def _started(self, child: Child) -> None:
+        """Until the child reports SERVING: TimeoutError once it has had the start timeout, counted
+        from when the services it waits for all serve."""
+        spec = child.spec
+        others = [c.serving.wait() for c in self.children if c.spec.service in spec.after]
+        await asyncio.gather(*others)
+        await wait_serving(spec.address, self.policy.start_timeout_s, spec.health_dialer, spec.service)
 
     async def _exit_description(self, child: Child) -> str:
         assert child.process is not None and child.process.returncode is not None

@@ -71,6 +71,9 @@ CLIENT_OPTIONS: NumericOptions = (
     ("grpc.keepalive_permit_without_calls", 1),
     # A call waiting on a long prefill receives no data; the default stops pinging after 2 pings.
     ("grpc.http2.max_pings_without_data", 0),
+    # A restarted dependency is seen within seconds: gRPC's default reconnect backoff grows to
+    # 120 s, so after a long outage the router would keep answering UNAVAILABLE that long.
+    ("grpc.max_reconnect_backoff_ms", 5000),
 )
 
 
