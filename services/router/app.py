@@ -205,6 +205,7 @@ class RouterApp:
             index_type=s.milvus_index_type,
             default_collection=s.default_collection,
             timeout_s=s.call_timeout_s,
+            writer_grace_s=s.milvus_writer_grace_s,
         )
         self.readiness.opened()
         return store

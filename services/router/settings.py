@@ -44,6 +44,11 @@ class RouterSettings(BaseSettings):
     milvus_token: str = ""
     # FLAT is exact and the only sensible choice in Lite; a server can use AUTOINDEX or HNSW.
     milvus_index_type: str = "FLAT"
+    # Milvus server only: leftovers of a write that was killed before its commit (invisible to
+    # readers) are removed by a later write of the document once older than this, so a write in
+    # flight on another router is never cut; 0 = this router is the server's only writer (removed
+    # at once). Lite has one writer by construction.
+    milvus_writer_grace_s: Annotated[float, Field(ge=0)] = 3600.0
     # Each call of an ingest, delete or listing (embedding a batch, a Milvus write) made without a
     # caller deadline is still bounded by this; with one, it gets what is left of it. Generous: a
     # batch of 64 chunks queued behind others on a busy 2-core CPU takes tens of seconds.
