@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import grpc
 import psutil
-from pymilvus import MilvusClient, MilvusException
 
-from tests.integration.milvus_server import MilvusServer, ensure_server_venv, start_server
+from tests.integration.milvus_server import (
+    MilvusServer,
+    ensure_server_venv,
+    start_server,
+    why_not_answering,
+)
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -109,15 +112,10 @@ class RestartableMilvus:
                 # Not listening yet: a client made now would retry in a thread of its own.
                 time.sleep(0.5)
                 continue
-            try:
-                client = MilvusClient(self.uri, timeout=5)
-                try:
-                    client.list_collections(timeout=5)
-                    return
-                finally:
-                    client.close()
-            except (MilvusException, grpc.RpcError) as e:  # up, but not answering yet
-                last = str(e)
+            not_yet = why_not_answering(self.uri)  # up, but perhaps not answering yet
+            if not_yet is None:
+                return
+            last = not_yet
             time.sleep(0.5)
         raise TimeoutError(f"the restarted Milvus server did not answer in {READY_TIMEOUT_S:.0f}s ({last})")
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 import yaml
 from pymilvus import MilvusClient, MilvusException
@@ -167,6 +168,20 @@ def start_server(
     return server
 
 
+def why_not_answering(uri: str) -> str | None:
+    """None once the server at `uri` lists its collections; else what it said. Right after a
+    restart pymilvus may raise a bare gRPC error instead of its own."""
+    try:
+        client = MilvusClient(uri, timeout=5)
+        try:
+            client.list_collections(timeout=5)
+            return None
+        finally:
+            client.close()
+    except (MilvusException, grpc.RpcError) as e:
+        return str(e)
+
+
 def _wait_ready(server: MilvusServer, data_dir: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     last_error = "no banner yet"
@@ -179,15 +194,10 @@ def _wait_ready(server: MilvusServer, data_dir: Path, timeout_s: float) -> None:
                 config = yaml.safe_load((data_dir / "configs" / "milvus.yaml").read_text())
                 server.uri = f"http://127.0.0.1:{int(config['proxy']['port'])}"
                 server.children = psutil.Process(server.wrapper.pid).children(recursive=True)
-            try:
-                client = MilvusClient(server.uri, timeout=5)
-                try:
-                    client.list_collections(timeout=5)
-                    return
-                finally:
-                    client.close()
-            except MilvusException as e:
-                last_error = str(e)
+            not_yet = why_not_answering(server.uri)
+            if not_yet is None:
+                return
+            last_error = not_yet
         time.sleep(0.2)
     raise TimeoutError(f"Milvus not answering after {timeout_s}s ({last_error}):\n{server.log_tail()}")
 
