@@ -36,7 +36,13 @@ from tests.unit.test_rag import FakeGuardrails, FakeLlm, Router, hit, router
 
 @pytest.fixture(scope="module")
 def analyzer() -> tuple[Any, bool]:
-    return build_analyzer()
+    built = build_analyzer()
+    # Warmed as the service warms its rails before SERVING: a cold spaCy's first parse can take
+    # longer than the rail's timeout on a loaded CI machine, and the answer would come out degraded.
+    guard = engine(built)
+    asyncio.run(guard.guard.warm_up())
+    guard.guard.close()
+    return built
 
 
 def engine(analyzer: tuple[Any, bool], keep_grounded: bool = True) -> EngineGuardrails:
@@ -44,8 +50,15 @@ def engine(analyzer: tuple[Any, bool], keep_grounded: bool = True) -> EngineGuar
         {
             "version": "t",
             "rails": {
-                "pii": {"action": "redact", "threshold": 0.4, "keep_grounded": keep_grounded},
-                "secrets": {"action": "redact", "threshold": 0.7},
+                # Timeouts far past a scan's time: these tests are about what is checked, and a rail
+                # that times out on a loaded CI machine would fail open (tested elsewhere).
+                "pii": {
+                    "action": "redact",
+                    "threshold": 0.4,
+                    "keep_grounded": keep_grounded,
+                    "timeout_ms": 20_000,
+                },
+                "secrets": {"action": "redact", "threshold": 0.7, "timeout_ms": 20_000},
                 "output_phrases": {
                     "kind": "phrases",
                     "action": "block",
