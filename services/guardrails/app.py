@@ -17,7 +17,7 @@ from services.common.channels import PLAINTEXT, Dialer
 from services.common.config import Isolation, SkuProfile
 from services.guardrails.engine import Guard
 from services.guardrails.factory import Parts, build_rails, close_rails, load_parts
-from services.guardrails.policy import default_policy_path, load_policy
+from services.guardrails.policy import Stage, default_policy_path, load_policy
 from services.guardrails.servicer import GuardrailsServicer
 from services.guardrails.settings import GuardrailsSettings
 
@@ -61,7 +61,10 @@ class GuardrailsApp:
         )
         rails = await asyncio.to_thread(build_rails, self.policy, self.parts, self.dialer)
         guard = Guard(self.policy, rails)
-        await guard.warm_up()  # before health reports SERVING
+        # Warm every rail once (lazy model initialisation would otherwise eat the first caller's
+        # rail timeouts), before health reports SERVING.
+        for stage in Stage:
+            await guard.check("Warm-up: contact me at warm.up@example.org tomorrow.", stage)
         self.servicer.guard = guard
 
     async def close(self) -> None:

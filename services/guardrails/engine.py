@@ -121,12 +121,6 @@ class Guard:
         for workers in (*self.workers.values(), self._normalize):
             workers.shutdown()
 
-    async def warm_up(self) -> None:
-        """Run every rail of every stage once: lazy model initialisation (spaCy's first parse, an
-        encoder's first batch) would otherwise eat the first caller's rail timeouts."""
-        for stage in Stage:
-            await self.check("Warm-up: contact me at warm.up@example.org tomorrow.", stage)
-
     async def check(self, text: str, stage: Stage | None, grounding: Sequence[GroundingText] = ()) -> Verdict:
         with tracer.start_as_current_span("guardrails.check") as span:
             stage = validate(text, stage, self.policy.max_chars)
