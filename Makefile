@@ -46,8 +46,8 @@ up: $(RUN_STAMP)
 	$(BIN)/forge up
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check services tests tools bench
-	$(BIN)/ruff format --check services tests tools bench
+	$(BIN)/ruff check services forge_client examples tests tools bench
+	$(BIN)/ruff format --check services forge_client examples tests tools bench
 	$(BIN)/lint-imports
 
 typecheck: $(TEST_STAMP)

@@ -1,45 +1,27 @@
-"""`forge ingest` and `forge ask`: small gRPC clients of the router's public API."""
+"""`forge ingest` and `forge ask`: the CLI's words over the `forge_client` SDK."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from forge.v1 import common_pb2, router_pb2, router_pb2_grpc
-
-from services.common.channels import CLIENT_OPTIONS, insecure_blocking_channel
-from services.common.security.access import TENANT_HEADER
+import forge_client
+from forge_client import ChatSummary, Citation, ForgeError, Usage, Verdict
 from services.common.security.settings import admin_key_path
-
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 
 
 class ClientError(Exception):
     """A failed call, in words: the status code and the server's message."""
 
 
-def describe(err: grpc.RpcError) -> str:
-    code = err.code() if isinstance(err, grpc.Call) else None
-    details = err.details() if isinstance(err, grpc.Call) else str(err)
-    return f"{code.name if code else 'ERROR'}: {details}"
-
-
 def documents_in(paths: Sequence[Path]) -> list[Path]:
     """Files named, and text/Markdown files under folders named (sorted, so runs are repeatable)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise ClientError(f"{path}: no such file or folder")
-    return found
+    try:
+        return forge_client.find_files(paths)
+    except FileNotFoundError as exc:
+        raise ClientError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -52,19 +34,15 @@ class Router:
     tenant: str = ""
     tls_ca: Path | None = None
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        pairs = []
-        if self.api_key:
-            pairs.append(("authorization", f"Bearer {self.api_key}"))
-        if self.tenant:
-            pairs.append((TENANT_HEADER, self.tenant))
-        return tuple(pairs)
-
-    def channel(self) -> grpc.Channel:
-        if self.tls_ca is None:
-            return insecure_blocking_channel(self.address)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca.read_bytes())
-        return grpc.secure_channel(self.address, credentials, options=CLIENT_OPTIONS)
+    def client(self) -> forge_client.Client:
+        # No deadline, as before the SDK: a large folder may take longer than any default.
+        return forge_client.Client(
+            self.address,
+            api_key=self.api_key,
+            tenant=self.tenant or None,
+            tls=self.tls_ca if self.tls_ca is not None else False,
+            timeout=None,
+        )
 
 
 def api_key(home: Path) -> str:
@@ -91,32 +69,53 @@ def ingest(
     timeout_s: float | None = None,
 ) -> tuple[int, int]:
     """Stream the files (one document each, id = file name) and report each stored document.
-    Returns (documents, chunks) once the router has flushed them."""
-
-    def requests() -> Iterator[router_pb2.IngestRequest]:
-        for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ClientError(f"{path}: cannot read as UTF-8 text: {exc}") from exc
-            content_type = "text/markdown" if path.suffix.lower() in (".md", ".markdown") else "text/plain"
-            yield router_pb2.IngestRequest(
+    Returns (documents, chunks) once the router has stored them."""
+    try:
+        with router.client() as client:
+            result = client.ingest(
+                (forge_client.document_from_file(f) for f in files),
                 collection=collection,
-                document=router_pb2.Document(
-                    id=path.name, text=text, metadata={"source": str(path), "content_type": content_type}
-                ),
+                on_progress=lambda p: on_document(Ingested(p.document_id, p.chunk_count)),
+                timeout=timeout_s,
             )
+    except (ForgeError, ValueError) as exc:
+        raise ClientError(str(exc)) from exc
+    return result.documents, result.chunks
 
-    documents = chunks = 0
-    with router.channel() as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        try:
-            for reply in stub.Ingest(requests(), metadata=router.metadata(), timeout=timeout_s):
-                on_document(Ingested(reply.document_id, reply.chunk_count))
-                documents, chunks = reply.documents_ingested, reply.chunks_ingested
-        except grpc.RpcError as err:
-            raise ClientError(describe(err)) from err
-    return documents, chunks
+
+@dataclass(frozen=True)
+class AskSummary:
+    """The SDK's summary shaped as the protobuf it replaced, which `forge ask` still reads:
+    `verdict` always there (empty when no rail blocked) and `HasField("verdict")` saying which."""
+
+    summary: ChatSummary
+
+    def HasField(self, name: str) -> bool:
+        return name == "verdict" and self.summary.verdict is not None
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.summary.verdict or Verdict(decision="", stage="", message="")
+
+    @property
+    def citations(self) -> tuple[Citation, ...]:
+        return self.summary.citations
+
+    @property
+    def usage(self) -> Usage:
+        return self.summary.usage
+
+    @property
+    def trace_id(self) -> str:
+        return self.summary.trace_id
+
+    @property
+    def degraded(self) -> bool:
+        return self.summary.degraded
+
+    @property
+    def degraded_reasons(self) -> tuple[str, ...]:
+        return self.summary.degraded_reasons
 
 
 def ask(
@@ -127,24 +126,23 @@ def ask(
     max_tokens: int | None,
     on_text: Callable[[str], None],
     timeout_s: float | None = None,
-) -> router_pb2.ChatSummary:
+) -> AskSummary:
     """Stream the answer through `on_text`; return the summary (citations, usage, verdict)."""
-    params = common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    request = router_pb2.ChatRequest(
-        messages=[common_pb2.ChatMessage(role="user", content=question)],
-        collection=collection,
-        top_k=top_k,
-        params=params,
-    )
-    summary = router_pb2.ChatSummary()
-    with router.channel() as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        try:
-            for reply in stub.Chat(request, metadata=router.metadata(), timeout=timeout_s):
-                if reply.HasField("summary"):
-                    summary = reply.summary
-                else:
-                    on_text(reply.delta)
-        except grpc.RpcError as err:
-            raise ClientError(describe(err)) from err
-    return summary
+    try:
+        with (
+            router.client() as client,
+            client.chat(
+                question,
+                collection=collection,
+                top_k=top_k,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                timeout=timeout_s,
+            ) as stream,
+        ):
+            for delta in stream:
+                on_text(delta.text)
+            summary = stream.summary
+    except ForgeError as exc:
+        raise ClientError(str(exc)) from exc
+    return AskSummary(summary)

@@ -13,16 +13,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from services.cli.status import status as status_command
 from services.common import entrypoint
 from services.common.config import ConfigError, SkuProfile, load_profile, load_profiles
 from services.common.server import configure_logging
-from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, ForgeSettings
+from services.common.settings import (
+    DEFAULT_GRPC_PORTS,
+    DEFAULT_HTTP_PORTS,
+    DEFAULT_METRICS_PORTS,
+    ForgeSettings,
+)
 
 if TYPE_CHECKING:
     from services.cli.supervisor import RestartPolicy
 
 # Services `forge up` starts (all at once; each is health-gated on its own).
-MESH_SERVICES = ("llm", "embed", "guardrails", "router")
+MESH_SERVICES = ("llm", "embed", "guardrails", "router", "gateway")
 # The router reports SERVING only once these serve (its readiness); its start clock waits for them.
 ROUTER_WAITS_FOR = ("llm", "embed", "guardrails")
 DEFAULT_ROUTER = f"127.0.0.1:{DEFAULT_GRPC_PORTS['router']}"
@@ -170,6 +176,17 @@ def guardrails_train(settings: ForgeSettings) -> None:
 def serve_llm(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
     """LLM inference (vLLM or llama.cpp engine, streamed tokens). Env FORGE_LLM_* tunes it."""
     from services.llm.__main__ import SERVICE
+
+    _serve(settings, SERVICE, host, port, metrics_port, grace_s)
+
+
+@serve.command("gateway")
+@_serve_options("gateway")
+@click.pass_obj
+def serve_gateway(settings: ForgeSettings, host: str, port: int, metrics_port: int, grace_s: float) -> None:
+    """OpenAI-compatible HTTP API (FORGE_GATEWAY_HTTP_PORT, default 8080) in front of the router;
+    --port is its gRPC health/ops port. Env FORGE_GATEWAY_* tunes it (router, embed, llm addresses)."""
+    from services.gateway.__main__ import SERVICE
 
     _serve(settings, SERVICE, host, port, metrics_port, grace_s)
 
@@ -478,6 +495,13 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
     help="Serve TLS on the router's port too, with the mesh CA's router certificate "
     "(clients: --tls-ca FORGE_HOME/tls/ca.crt).",
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="FORGE_UP_VERBOSE",
+    help="Show the services' logs here as they run, too (always in FORGE_HOME/logs/<service>.log; "
+    "env FORGE_UP_VERBOSE).",
+)
 @click.pass_obj
 def up(
     settings: ForgeSettings,
@@ -487,15 +511,19 @@ def up(
     liveness_timeout: float,
     max_backoff: float,
     public_tls: bool,
+    verbose: bool,
 ) -> None:
     """Start the mesh: every service as its own process on loopback, health-gated, restarted when
     it exits, does not report SERVING within --start-timeout, or stops answering its health for
     --liveness-timeout (with backoff on crash loops, said on stderr); Ctrl-C stops them all
     cleanly. At first start it makes the mesh's private CA and certificates (FORGE_HOME/tls) and
-    an admin API key (FORGE_HOME/keys/admin.key)."""
+    an admin API key (FORGE_HOME/keys/admin.key). Prints a line per service as it serves; each
+    service's log goes to FORGE_HOME/logs/<service>.log (--verbose: here too)."""
     from services.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, child_env
+    from services.cli.up_console import UpConsole, quiet_cli_logging
     from services.common.cpusets import Machine, format_cpu_list, place
     from services.common.isolation import mps_startup_warning, service_environment
+    from services.common.security.settings import admin_key_path
 
     profile = _profile_or_exit(settings.profile)
     if warning := mps_startup_warning(profile):
@@ -530,12 +558,31 @@ def up(
     # The router reaches the other services on the ports this mesh uses.
     for service in ("llm", "embed", "guardrails"):
         env[f"FORGE_ROUTER_{service.upper()}_ADDRESS"] = f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
+    # The OpenAI-compatible front: its HTTP port follows the offset too (any free one where the
+    # offset takes it out of range); it calls the router, and embed and llm for what the router lacks.
+    http_port = DEFAULT_HTTP_PORTS["gateway"] + port_offset
+    env["FORGE_GATEWAY_HTTP_HOST"] = host
+    env["FORGE_GATEWAY_HTTP_PORT"] = str(http_port if 0 < http_port < 65536 else 0)
+    for service in ("router", "embed", "llm"):
+        env[f"FORGE_GATEWAY_{service.upper()}_ADDRESS"] = (
+            f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
+        )
+    if public_tls:
+        env["FORGE_GATEWAY_ROUTER_CA"] = str(tls_dir.ca_cert)
     policy = RestartPolicy(
         start_timeout_s=start_timeout,
         liveness_timeout_s=liveness_timeout,
         backoff_max_s=max(max_backoff, RestartPolicy.backoff_initial_s),
     )
-    supervisor = Supervisor(specs, env, policy, say=lambda message: click.echo(message, err=True))
+    logs_dir = home / "logs"
+    if not verbose:
+        quiet_cli_logging(logs_dir)
+    console = UpConsole()
+    supervisor = Supervisor(specs, env, policy, reporter=console, logs_dir=logs_dir, echo_logs=verbose)
+    click.echo(
+        f"Starting {len(specs)} services (profile {settings.profile}); their logs: {logs_dir}/<service>.log"
+        + ("" if verbose else " (--verbose shows them here)")
+    )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -546,6 +593,7 @@ def up(
         ready_wait = asyncio.create_task(ready.wait())
         await asyncio.wait({runner, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
+            console.close()
             click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
             for spec in specs:
                 cpus = placements[spec.service]
@@ -554,8 +602,13 @@ def up(
                     f"metrics http://{host}:{spec.metrics_port}/metrics"
                     + (f"   CPUs {format_cpu_list(cpus.cpus)}" if cpus.requested is not None else "")
                 )
+            if (gateway_http := env.get("FORGE_GATEWAY_HTTP_PORT", "0")) != "0":
+                click.echo(f"  {'openai api':<11} http://{host}:{gateway_http}/v1 (the gateway)")
             milvus = os.environ.get("FORGE_ROUTER_MILVUS_URI") or str(home / "milvus" / "forge.db")
             click.echo(f"  {'milvus':<11} {milvus} (owned by the router)")
+            if (key_file := admin_key_path(home)).is_file():
+                click.echo(f"  {'admin key':<11} {key_file} (the CLI's default key)")
+            click.echo(f"  {'logs':<11} {logs_dir}/<service>.log (forge up's own: {logs_dir}/up.log)")
             router = f"{host}:{DEFAULT_GRPC_PORTS['router'] + port_offset}"
             click.echo(
                 f"Try: forge ingest README.md --router {router}; forge ask 'What is Forge?' --router {router}"
@@ -567,6 +620,7 @@ def up(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+    console.close()
     click.echo("Forge stopped.")
 
 
@@ -616,6 +670,9 @@ def _first_start_security(home: Path, public_tls: bool) -> tuple[dict[str, Any],
         else PLAINTEXT
     )
     return dialers, tls_dir
+
+
+cli.add_command(status_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

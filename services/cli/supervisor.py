@@ -6,7 +6,10 @@
   the console, with the exit code, its meaning and the service's last log lines;
 - reap every process of a service before starting it again and on stop: each service runs in its
   own session, and whatever is left of it (vLLM's engine core, a worker) is killed, so no orphan
-  keeps memory or a GPU.
+  keeps memory or a GPU;
+- append each service's log (its stderr) to `<logs_dir>/<service>.log`, a marker line per start,
+  and echo it on our stderr only when asked; tell the reporter when a service first serves and
+  when a first-start step (model conversion, guardrail training) begins and ends.
 
 Ctrl-C or SIGTERM stops them all: SIGTERM (each drains), the stop grace, then SIGKILL.
 """
@@ -25,7 +28,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 import psutil
 from grpc import aio
@@ -49,6 +54,63 @@ LOG_LINES_SHOWN = 5
 LEFTOVER_GRACE_S = 1.0
 
 PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """A long first-start step a service logs when it begins and ends."""
+
+    what: str
+    begins: re.Pattern[str]
+    ends: re.Pattern[str]
+
+
+# Recognised in the services' logs (services/llm/app.py + prepare.py, services/guardrails/factory.py
+# + training/heads.py log these lines); a step also ends when its service serves or exits, so a
+# reworded end line costs a late "done", never a step shown for ever.
+FIRST_START_STEPS = (
+    Step(
+        "converting the model (first start only)",
+        re.compile(r"no prepared model at .*; preparing it now"),
+        re.compile(r"services\.llm\.prepare: model prepared$"),
+    ),
+    Step(
+        "training the guardrail heads (first start only)",
+        re.compile(r"no trained heads in .*: training now"),
+        re.compile(r"trained guardrail heads into "),
+    ),
+)
+
+
+class Reporter(Protocol):
+    """Who hears what the supervisor has to say (forge up's console)."""
+
+    def say(self, message: str) -> None:
+        """A restart, a failure, a recovery: said plainly."""
+
+    def serving(self, service: str, after_s: float) -> None:
+        """`service` reports SERVING for the first time, `after_s` after its start."""
+
+    def step_begun(self, service: str, what: str) -> None: ...
+
+    def step_ended(self, service: str, what: str, took_s: float, finished: bool) -> None:
+        """`finished`: the step's own end line was seen (else: it served or exited without one)."""
+
+
+@dataclass
+class SayOnly:
+    """A Reporter that passes on what is said and nothing else."""
+
+    say: Callable[[str], None]
+
+    def serving(self, service: str, after_s: float) -> None:
+        pass
+
+    def step_begun(self, service: str, what: str) -> None:
+        pass
+
+    def step_ended(self, service: str, what: str, took_s: float, finished: bool) -> None:
+        pass
 
 
 def _die_with_supervisor() -> None:
@@ -171,6 +233,12 @@ class Child:
     answered_at: float = 0.0
     # Descendants seen while it ran (pid -> create time), to find one that left the session.
     known: dict[int, float] = field(default_factory=dict)
+    # The first-start step running now and since when (time.monotonic()).
+    step: Step | None = None
+    step_since: float = 0.0
+    # Whether it has reported SERVING since the supervisor began (first time: the reporter hears).
+    served_once: bool = False
+    starts: int = 0
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -278,11 +346,20 @@ class Supervisor:
         env: dict[str, str],
         policy: RestartPolicy | None = None,
         say: Callable[[str], None] = _say_on_stderr,
+        *,
+        reporter: Reporter | None = None,
+        logs_dir: Path | None = None,
+        echo_logs: bool = True,
     ) -> None:
+        """`reporter` (else `say` alone) hears what happens; each service's log is appended to
+        `logs_dir`/<service>.log when given, and echoed on stderr when `echo_logs`."""
         self.policy = policy or RestartPolicy()
         self.children = [Child(spec, backoff=Backoff.of(self.policy)) for spec in specs]
         self.env = env
-        self.say = say
+        self.reporter: Reporter = reporter or SayOnly(say)
+        self.say = self.reporter.say
+        self.logs_dir = logs_dir
+        self.echo_logs = echo_logs
         self._stopping = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -313,24 +390,70 @@ class Supervisor:
         )
         child.process = asyncio.subprocess.Process(transport, protocol, loop)
         child.started_at = time.monotonic()
-        child._readers = [asyncio.create_task(self._read_logs(child, child.process))]
+        child.starts += 1
+        log_file = self._open_log(child, child.process.pid)
+        child._readers = [asyncio.create_task(self._read_logs(child, child.process, log_file))]
         log.info("started %s (pid %d)", child.spec.service, child.process.pid)
 
-    async def _read_logs(self, child: Child, process: asyncio.subprocess.Process) -> None:
+    def _open_log(self, child: Child, pid: int) -> IO[bytes] | None:
+        """The service's log file, opened for appending, with a line marking this start."""
+        if self.logs_dir is None:
+            return None
+        try:
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            log_file = (self.logs_dir / f"{child.spec.service}.log").open("ab")
+        except OSError as exc:
+            log.warning("cannot write %s's log under %s: %s", child.spec.service, self.logs_dir, exc)
+            return None
+        when = datetime.now().astimezone().isoformat(timespec="seconds")
+        marker = f"==== {when} forge up: {child.spec.service} start {child.starts} (pid {pid}) ====\n"
+        log_file.write(marker.encode())
+        log_file.flush()
+        return log_file
+
+    async def _read_logs(
+        self, child: Child, process: asyncio.subprocess.Process, log_file: IO[bytes] | None = None
+    ) -> None:
         assert process.stderr is not None
         partial = ""
-        with contextlib.suppress(OSError):
-            while chunk := await process.stderr.read(65536):
-                text = chunk.decode(errors="replace")
-                sys.stderr.write(text)
-                sys.stderr.flush()
-                lines = (partial + text).replace("\r", "\n").split("\n")
-                partial = lines.pop()
-                for line in lines:
-                    if line.strip():
-                        child.log_tail.append(line)
-                    if reason := FAILED_LINE.search(line):
-                        child.failed_reason = reason.group(1)
+        try:
+            with contextlib.suppress(OSError):
+                while chunk := await process.stderr.read(65536):
+                    if log_file is not None:
+                        log_file.write(chunk)
+                        log_file.flush()
+                    text = chunk.decode(errors="replace")
+                    if self.echo_logs:
+                        sys.stderr.write(text)
+                        sys.stderr.flush()
+                    lines = (partial + text).replace("\r", "\n").split("\n")
+                    partial = lines.pop()
+                    for line in lines:
+                        self._log_line(child, line)
+        finally:
+            if log_file is not None:
+                with contextlib.suppress(OSError):
+                    log_file.close()
+
+    def _log_line(self, child: Child, line: str) -> None:
+        if line.strip():
+            child.log_tail.append(line)
+        if reason := FAILED_LINE.search(line):
+            child.failed_reason = reason.group(1)
+        if child.step is not None and child.step.ends.search(line):
+            self._end_step(child, finished=True)
+        for step in FIRST_START_STEPS:
+            if step.begins.search(line):
+                self._end_step(child, finished=False)
+                child.step, child.step_since = step, time.monotonic()
+                self.reporter.step_begun(child.spec.service, step.what)
+
+    def _end_step(self, child: Child, finished: bool) -> None:
+        """The step running (if any) is over: its end line came, or the service served or exited."""
+        if child.step is not None:
+            step, child.step = child.step, None
+            took_s = time.monotonic() - child.step_since
+            self.reporter.step_ended(child.spec.service, step.what, took_s, finished)
 
     def _remember_family(self, child: Child) -> None:
         """Note the service's descendants now, so one that left its session is still found."""
@@ -387,6 +510,10 @@ class Supervisor:
                 return f"could not be health-checked ({type(error).__name__}: {error}); killed it"
             child.serving_since = time.monotonic()
             child.serving.set()
+            self._end_step(child, finished=False)
+            if not child.served_once:
+                child.served_once = True
+                self.reporter.serving(spec.service, child.serving_since - child.started_at)
             if child.down_since is not None:
                 down_s, child.down_since = child.serving_since - child.down_since, None
                 again = f"{spec.service} is SERVING again, {down_s:.0f} s after it failed"
@@ -458,6 +585,7 @@ class Supervisor:
             _, pending = await asyncio.wait(readers, timeout=5.0)
             for task in pending:
                 task.cancel()
+        self._end_step(child, finished=False)
 
     async def _stop(self, child: Child) -> None:
         """Stop on request: SIGTERM to the service (it drains and shuts its engine down), the

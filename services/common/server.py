@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from services.common import reloading_channel, telemetry
+from services.common import logs, reloading_channel, telemetry
 from services.common.channels import SERVER_OPTIONS, ChannelOptions
 from services.common.config import SkuProfile
 from services.common.credentials import ServerSecurity
@@ -350,8 +349,5 @@ async def run_service(app: ServiceApp, profile: SkuProfile, options: ServerOptio
 
 
 def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # gRPC's own status logs are noise next to ours.
-    logging.getLogger("grpc").setLevel(logging.WARNING)
+    """Forge's loggers at `level`, third-party ones quieter (services.common.logs)."""
+    logs.configure_logging(level)

@@ -9,9 +9,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Local defaults (DESIGN.md): gRPC port and Prometheus port per service.
-DEFAULT_GRPC_PORTS = {"router": 50051, "llm": 50052, "embed": 50053, "guardrails": 50054}
+DEFAULT_GRPC_PORTS = {"router": 50051, "llm": 50052, "embed": 50053, "guardrails": 50054, "gateway": 50055}
 DEFAULT_MAX_CONCURRENT_RPCS = 512
-DEFAULT_METRICS_PORTS = {"router": 9101, "llm": 9102, "embed": 9103, "guardrails": 9104}
+DEFAULT_METRICS_PORTS = {"router": 9101, "llm": 9102, "embed": 9103, "guardrails": 9104, "gateway": 9105}
+# HTTP APIs beside the gRPC port: the gateway's OpenAI-compatible front.
+DEFAULT_HTTP_PORTS = {"gateway": 8080}
 
 
 class ForgeSettings(BaseSettings):

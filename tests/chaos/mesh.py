@@ -24,7 +24,7 @@ from grpc import StatusCode, aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.channels import Dialer
-from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS
+from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORTS, DEFAULT_METRICS_PORTS
 from tests.helpers import REPO_ROOT, admin_key, bearer, mesh_dialer
 
 SERVICES = ("llm", "embed", "guardrails", "router")
@@ -41,12 +41,12 @@ STOP_TIMEOUT_S = 90.0
 
 
 def free_port_offset() -> int:
-    """An offset that puts all eight of the mesh's ports (gRPC and metrics) on free ports."""
-    ports = [*DEFAULT_GRPC_PORTS.values(), *DEFAULT_METRICS_PORTS.values()]
+    """An offset that puts all of the mesh's ports (gRPC, metrics, the gateway's HTTP) on free ports."""
+    ports = [*DEFAULT_GRPC_PORTS.values(), *DEFAULT_METRICS_PORTS.values(), *DEFAULT_HTTP_PORTS.values()]
     for offset in range(1000, 9000, 37):
         if all(_port_free(p + offset) for p in ports):
             return offset
-    raise RuntimeError("no port offset with all eight mesh ports free")
+    raise RuntimeError("no port offset with all the mesh's ports free")
 
 
 def _port_free(port: int) -> bool:
@@ -73,6 +73,9 @@ class ForgeUp:
         self.workdir = workdir
         self.home = home
         self.env = {**os.environ, "FORGE_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The services' logs and the supervisor's own lines on forge up's stderr (our log file), as
+        # the rounds' reports quote them; a quiet forge up keeps them in FORGE_HOME/logs only.
+        self.env["FORGE_UP_VERBOSE"] = "1"
         # The secure defaults, as a user gets them: mutual TLS inside, API keys on the router.
         self.env.pop("FORGE_AUTH", None)
         self.env.pop("FORGE_INTERNAL_TLS", None)

@@ -6,6 +6,7 @@ citations, with the CLI's defaults, the way a new user runs them; a crashed serv
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.main import MESH_SERVICES
 from services.cli.supervisor import wait_serving
+from services.common.gpu import read_gpu_snapshot
 from services.common.security.settings import admin_key_path
 from services.common.settings import DEFAULT_GRPC_PORTS
 from tests.helpers import REPO_ROOT, Completed, bearer, forge_test_home, free_port, mesh_dialer
@@ -35,9 +37,10 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-async def mesh() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     # An offset that lands the embed port on a currently free port, away from a mesh already running.
     offset = free_port() - DEFAULT_GRPC_PORTS["embed"]
+    stderr = (tmp_path / "forge-up.stderr").open("wb")  # a file: read by the test, never blocks
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -48,6 +51,7 @@ async def mesh() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
         "--start-timeout",
         "120",
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
         cwd=REPO_ROOT,
         # The shared test home: the LLM model is converted and guardrail heads trained once per checkout.
         env={**os.environ, "FORGE_HOME": str(forge_test_home()), "PYTHONUNBUFFERED": "1"},
@@ -62,6 +66,7 @@ async def mesh() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
         for member in family:
             if member.is_running():
                 member.kill()
+    stderr.close()
 
 
 async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 450) -> list[str]:
@@ -101,6 +106,25 @@ async def forge_cli(*args: str, env: dict[str, str] | None = None, timeout_s: fl
     return done.stdout
 
 
+def this_runs_log(service: str) -> str:
+    """FORGE_HOME/logs/<service>.log from this forge up's first start of it on (the shared test
+    home keeps earlier runs' logs above)."""
+    text = (forge_test_home() / "logs" / f"{service}.log").read_text(errors="replace")
+    starts = [m.start() for m in re.finditer(rf"^==== \S+ forge up: {service} start 1 \(pid", text, re.M)]
+    assert starts, f"no start marker in {service}.log"
+    return text[starts[-1] :]
+
+
+def quiet_start(console: list[str], stderr: str) -> None:
+    """What forge up printed up to its banner: a line per service as it served, no log line."""
+    before = console[: next(i for i, line in enumerate(console) if line.startswith("Forge is up"))]
+    serving = [line.split()[0] for line in before if re.match(r"  \S+ +SERVING  in \d+\.\d s$", line)]
+    assert sorted(serving) == sorted(MESH_SERVICES), before
+    logged = re.compile(r" (DEBUG|INFO|WARNING) |Recognizer not added")
+    assert not [line for line in before if logged.search(line)], before
+    assert not [line for line in stderr.splitlines() if logged.search(line)], stderr[-3000:]
+
+
 def admin_metadata() -> tuple[tuple[str, str], ...]:
     return bearer(admin_key_path(forge_test_home()).read_text().strip())
 
@@ -129,6 +153,29 @@ async def test_forge_up_serves_restarts_and_stops(
     router = f"127.0.0.1:{DEFAULT_GRPC_PORTS['router'] + offset}"
     assert any(f"embed       grpc {address}" in line for line in banner)
     assert any(f"router      grpc {router}" in line for line in banner)
+    home = forge_test_home()
+    assert f"  admin key   {admin_key_path(home)} (the CLI's default key)\n" in banner, banner
+    assert any(line.startswith(f"  logs        {home / 'logs'}/<service>.log") for line in banner), banner
+
+    # Issue 17: a quiet start. The services' logs are in FORGE_HOME/logs, third-party chatter gone.
+    quiet_start(banner, (tmp_path / "forge-up.stderr").read_text(errors="replace"))
+    for service in MESH_SERVICES:
+        assert f"INFO services.common.server: {service} serving" in this_runs_log(service), service
+    assert "Recognizer not added" not in this_runs_log("guardrails")
+    vllm_info = re.compile(r"^(\(\w+ pid=\d+\) )?INFO \d\d-\d\d ", re.M)  # vLLM's own log format
+    assert not vllm_info.search(this_runs_log("llm")), this_runs_log("llm")[-3000:]
+
+    # `forge status` on the whole mesh: every service SERVING, exit 0, the JSON scripts read.
+    status = await run_forge("status", "--json", "--port-offset", str(offset))
+    assert status.returncode == 0, status
+    report = json.loads(status.stdout)
+    assert report["ok"] is True and report["unreachable"] == [], report
+    assert {name: s["health"] for name, s in report["services"].items()} == dict.fromkeys(
+        MESH_SERVICES, "SERVING"
+    ), report
+    assert report["services"]["router"]["dependencies"]["llm"]["serving"] is True
+    assert report["capacity"]["max_sessions"] == 4 and report["capacity"]["active_sessions"] == 0
+    assert report["gpu"]["available"] is read_gpu_snapshot().available
 
     # A new user's first session: ingest this README and docs/, then ask everyday questions with
     # the CLI's defaults (answers up to the router's 256 tokens: paragraphs, lists, blank lines).
@@ -181,6 +228,7 @@ async def test_forge_up_serves_restarts_and_stops(
                 return
 
     await asyncio.wait_for(router_restarted(), 180)
+    assert re.search(r"^==== \S+ forge up: router start 2 \(pid", this_runs_log("router"), re.M)
     answer = await forge_cli("ask", question, "--router", router, "--tenant", tenant)
     assert "[1] zephyr.md" in answer, answer
 
@@ -213,3 +261,9 @@ async def test_forge_up_serves_restarts_and_stops(
     assert not pid_alive(second_pid)
     left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"left behind after stop: {left}"
+
+    # Stopped: `forge status` says every service is unreachable and exits 1.
+    status = await run_forge("status", "--json", "--port-offset", str(offset), "--timeout", "2")
+    assert status.returncode == 1, status
+    report = json.loads(status.stdout)
+    assert report["ok"] is False and report["unreachable"] == list(MESH_SERVICES), report

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -29,13 +29,18 @@ from tests.helpers import free_port, wait_until
 
 # A "service": NOT_SERVING while "loading" (until the file `go` exists in its folder), then
 # SERVING; it ignores SIGTERM (a hung drain) and keeps a grandchild in its session. With CRASH
-# set it logs why, as the server kit does for a service whose engine died, and exits 3.
+# set it logs why, as the server kit does for a service whose engine died, and exits 3. With STEP
+# set it logs the LLM service's model-conversion lines first.
 SERVICE = r"""
 import asyncio, os, signal, subprocess, sys, time
 from pathlib import Path
 
 folder, port = Path(sys.argv[1]), int(sys.argv[2])
 (folder / "starts").open("a").write(f"{os.getpid()} {time.time()}\n")
+print(f"INFO fake: starting as pid {os.getpid()}", file=sys.stderr, flush=True)
+if os.environ.get("STEP"):
+    print("INFO services.llm.app: no prepared model at /m; preparing it now", file=sys.stderr, flush=True)
+    print("INFO services.llm.prepare: model prepared", file=sys.stderr, flush=True)
 if os.environ.get("CRASH"):
     print("boom: the engine fell over", file=sys.stderr, flush=True)
     print("ERROR services.common.server: fake cannot serve any more: engine gone; draining and exiting",
@@ -111,15 +116,48 @@ def everyone(folder: Path) -> list[int]:
     return pids + grandchildren
 
 
+@dataclass
+class Heard:
+    """A reporter that keeps what forge up's console would show."""
+
+    said: list[str]
+    events: list[tuple[object, ...]] = field(default_factory=list)
+
+    def say(self, message: str) -> None:
+        self.said.append(message)
+
+    def serving(self, service: str, after_s: float) -> None:
+        self.events.append(("serving", service))
+
+    def step_begun(self, service: str, what: str) -> None:
+        self.events.append(("begun", service, what))
+
+    def step_ended(self, service: str, what: str, took_s: float, finished: bool) -> None:
+        self.events.append(("ended", service, what, finished))
+
+
 @pytest.fixture
 async def supervise(tmp_path: Path) -> AsyncIterator[Callable[..., Run]]:
     tasks: list[asyncio.Task[None]] = []
     runs: list[Run] = []
 
-    def start(policy: RestartPolicy, env: dict[str, str] | None = None) -> Run:
+    def start(
+        policy: RestartPolicy,
+        env: dict[str, str] | None = None,
+        logs_dir: Path | None = None,
+        heard: Heard | None = None,
+    ) -> Run:
         spec = Fake("fake", "127.0.0.1", free_port(), 0, env=env or {}, folder=tmp_path)
-        said: list[str] = []
-        supervisor = Supervisor([spec], dict(os.environ), policy, say=said.append)
+        said: list[str] = heard.said if heard is not None else []
+        supervisor = Supervisor(
+            [spec],
+            dict(os.environ),
+            policy,
+            say=said.append,
+            reporter=heard,
+            logs_dir=logs_dir,
+            echo_logs=logs_dir is None,
+        )
         tasks.append(asyncio.create_task(supervisor.run()))
         run = Run(supervisor, supervisor.children[0], said, tmp_path)
         runs.append(run)
@@ -229,3 +267,37 @@ async def test_a_sigkilled_service_leaves_no_orphan_and_stop_leaves_nothing(
 
     run.supervisor.request_stop()  # SIGTERM is ignored: the grace, then SIGKILL to the family
     await wait_until(lambda: gone(second) and gone(run.grandchild(second)), 30, "everything stopped")
+
+
+async def test_each_start_is_appended_to_the_services_log_and_the_console_hears_serving_once(
+    supervise: Callable[..., Run], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "go").touch()
+    heard = Heard([])
+    logs = tmp_path / "logs"
+    run = supervise(QUICK, env={"STEP": "1"}, logs_dir=logs, heard=heard)
+    await wait_until(lambda: run.child.serving.is_set(), 60, "SERVING")
+    first = run.pid()
+    os.kill(first, signal.SIGKILL)
+    second = await run.serving_again(first)
+
+    text = (logs / "fake.log").read_text()
+    markers = re.findall(r"^==== \S+ forge up: fake start (\d) \(pid (\d+)\) ====$", text, re.M)
+    assert markers == [("1", str(first)), ("2", str(second))], text
+    # Each start's own lines follow its marker.
+    assert (
+        text.index(f"starting as pid {first}")
+        < text.index("start 2")
+        < text.index(f"starting as pid {second}")
+    )
+    step = "converting the model (first start only)"
+    assert heard.events == [
+        ("begun", "fake", step),
+        ("ended", "fake", step, True),
+        ("serving", "fake"),  # the first time only: the restart is said, not announced again
+        ("begun", "fake", step),
+        ("ended", "fake", step, True),
+    ], heard.events
+    assert heard.said[0].startswith("fake was killed by SIGKILL — restart 1 in 1 s; last log lines:")
+    assert f"    INFO fake: starting as pid {first}" in heard.said[0].splitlines()
+    assert "starting as pid" not in capfd.readouterr().err  # logs to the file only, not echoed

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SERVICES: Final = ("router", "llm", "embed", "guardrails")
+SERVICES: Final = ("router", "llm", "embed", "guardrails", "gateway")
 # Operators' certificate for grpcurl and `forge up`'s health checks.
 CLIENT: Final = "client"
 IDENTITIES: Final = (*SERVICES, CLIENT)
