@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -28,7 +29,7 @@ from forge_client._common import (
     no_summary,
 )
 from forge_client.documents import AsyncOutbox, documents_from_files, find_files
-from forge_client.errors import Cancelled, from_rpc_error
+from forge_client.errors import Cancelled, Internal, from_rpc_error
 from forge_client.retry import Retrier, call_with_retries_async
 from forge_client.types import (
     Capacity,
@@ -210,22 +211,12 @@ class AsyncClient(ClientBase):
         async def attempt(timeout_s: float | None) -> None:
             started[0] = outbox.acked
             call = self._router.Ingest(metadata=self._metadata, timeout=timeout_s)
-            writer = asyncio.create_task(_write(call, outbox, collection))
             try:
-                while (reply := await call.read()) is not aio.EOF:
-                    assert isinstance(reply, router_pb2.IngestResponse)
-                    outbox.ack()
-                    tally.stored(reply)
+                await _send_acknowledged(call, outbox, tally, collection)
             except aio.AioRpcError as err:
                 raise from_rpc_error(err) from None
             finally:
-                # A no-op once the stream has ended well. The writer may be blocked on a write
-                # the failed call will never take; a document it took is kept in the outbox.
-                call.cancel()
-                writer.cancel()
-                await asyncio.wait([writer])
-                if not writer.cancelled() and (failure := writer.exception()) is not None:
-                    raise failure
+                call.cancel()  # a no-op once the stream has ended well
 
         try:
             await call_with_retries_async(
@@ -274,11 +265,32 @@ class AsyncClient(ClientBase):
         return _convert.server_info(await self._unary(self._ops.GetInfo, ops_pb2.GetInfoRequest(), timeout))
 
 
-async def _write(call: Any, outbox: AsyncOutbox, collection: str) -> None:
-    """Send one attempt's documents. A failed call stops the writes; the reader reports why."""
-    try:
+# How long to wait for the router to accept a stream before writing anyway (a router from
+# before acceptance was announced sends its headers with the first reply only).
+ACCEPT_WAIT_S = 5.0
+
+
+async def _send_acknowledged(call: Any, outbox: AsyncOutbox, tally: IngestTally, collection: str) -> None:
+    """Send one attempt's documents, each after the one before it is acknowledged.
+
+    No write is ever in flight when the router ends the stream (a refusal before the first
+    document, a document it rejects): grpc aio replaces the router's status by INTERNAL when a
+    write races the end of the call (grpc/grpc#36066), and the refusal (busy tenant, full
+    router, a field over its limit) is what the caller and the retry policy must see. The
+    router embeds one document at a time, so waiting for each acknowledgement costs a round
+    trip per document, not throughput."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(call.initial_metadata(), ACCEPT_WAIT_S)
+    if not call.done():
         async for doc in outbox.attempt():
             await call.write(_convert.ingest_request(collection, doc))
+            # read() raises the router's status when the stream ended badly, EOF when well.
+            reply = await call.read()
+            if reply is aio.EOF:
+                raise Internal("the router ended the ingest stream before acknowledging a document")
+            assert isinstance(reply, router_pb2.IngestResponse)
+            outbox.ack()
+            tally.stored(reply)
         await call.done_writing()
-    except (aio.AioRpcError, asyncio.InvalidStateError):
-        return  # the call ended; its reader says why
+    if await call.read() is not aio.EOF:
+        raise Internal("the router acknowledged more documents than it was sent")

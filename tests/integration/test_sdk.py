@@ -26,6 +26,7 @@ from forge_client import (
     ForgeError,
     IngestProgress,
     IngestResult,
+    InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     RetryPolicy,
@@ -225,6 +226,42 @@ async def test_an_ingest_refused_for_a_busy_tenant_is_sent_again_whole(small_rou
     assert {h.document_id for h in listed.hits} == {"first.txt", "doc0.txt", "doc1.txt", "doc2.txt"}
     [(error, _, wait)] = heard
     assert isinstance(error, ResourceExhausted) and error.retry_after_s and wait >= error.retry_after_s
+
+
+async def test_every_refused_or_rejected_ingest_reports_the_routers_own_error(small_router: str) -> None:
+    """grpc aio turns a router's refusal into INTERNAL when a client write races it
+    (grpc/grpc#36066): the SDK never writes while the router may be ending the stream."""
+    release = asyncio.Event()
+
+    async def held_open() -> AsyncIterator[Document]:
+        yield Document("held.txt", "This stream keeps the tenant's one ingest slot.")
+        await release.wait()
+
+    def client() -> AsyncClient:
+        return AsyncClient(small_router, api_key="", tenant="refusals", retry=RetryPolicy(max_attempts=1))
+
+    async with client() as holder, client() as other:
+        first_stored = asyncio.Event()
+        holding = asyncio.create_task(holder.ingest(held_open(), on_progress=lambda _: first_stored.set()))
+        await asyncio.wait_for(first_stored.wait(), 60)
+
+        def many() -> list[Document]:
+            return [Document(f"refused{i}.txt", f"Refused document {i}.") for i in range(8)]
+
+        refusals = await asyncio.gather(*(other.ingest(many()) for _ in range(24)), return_exceptions=True)
+        assert all(isinstance(r, ResourceExhausted) for r in refusals), refusals
+        release.set()
+        await holding
+
+        # A document the router rejects mid-stream: its INVALID_ARGUMENT names the field, the
+        # documents before it are stored, and none after it is sent.
+        stored: list[IngestProgress] = []
+        docs = [Document("ok.txt", "A document the router stores."), Document("blank.txt", "   ")]
+        docs += [Document(f"after{i}.txt", "Never sent.") for i in range(5)]
+        with pytest.raises(InvalidArgument) as rejected:
+            await other.ingest(docs, on_progress=stored.append)
+        assert rejected.value.field == "document.text"
+        assert [p.document_id for p in stored] == ["ok.txt"]
 
 
 async def test_a_full_router_is_retried_after_its_retry_delay(small_router: str) -> None:

@@ -191,6 +191,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # The tenant's stream slot is taken before the first message is read and given back on
         # every way out: done, an error, a cancel or a client gone.
         with ingestor.stream(tenant, deadline) as stream:
+            # Says "accepted" before any document: a client that waits for it never writes into
+            # a stream already refused (grpc aio would then report INTERNAL instead of the
+            # refusal, grpc/grpc#36066).
+            await context.send_initial_metadata(())
             async for request in requests:
                 if not request.HasField("document"):
                     raise InvalidArgument(
