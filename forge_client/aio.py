@@ -82,6 +82,9 @@ class AsyncChatStream:
         try:
             call, reply = await call_with_retries_async(self._retrier, self._timeout_s, self._open)
             while isinstance(reply, router_pb2.ChatResponse):
+                if self._summary is not None:
+                    call.cancel()
+                    raise Internal("the router sent more of the chat after its summary")
                 if reply.HasField("summary"):
                     self._summary = _convert.chat_summary(reply.summary)
                 elif reply.delta:

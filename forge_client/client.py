@@ -23,7 +23,7 @@ from forge_client._common import (
     no_summary,
 )
 from forge_client.documents import Outbox, documents_from_files, find_files
-from forge_client.errors import Cancelled, from_rpc_error
+from forge_client.errors import Cancelled, Internal, from_rpc_error
 from forge_client.retry import Retrier, call_with_retries
 from forge_client.types import (
     Capacity,
@@ -79,6 +79,9 @@ class ChatStream:
             replies = iter(call)
             reply = first
             while isinstance(reply, router_pb2.ChatResponse):
+                if self._summary is not None:
+                    self.cancel()
+                    raise Internal("the router sent more of the chat after its summary")
                 if reply.HasField("summary"):
                     self._summary = _convert.chat_summary(reply.summary)
                 elif reply.delta:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.common.cpusets import CPU_SET_SERVICES, CpuSetError, parse_cpu_list
+from services.common.cpusets import CPU_SET_SERVICES, CPU_SET_SHARED_WITH, CpuSetError, parse_cpu_list
 from services.common.yamlfile import read_yaml, validation_problems
 
 GIB = 1024**3
@@ -130,6 +130,7 @@ class CpuSets(_Strict):
 
     def of(self, service: str) -> str | None:
         """The service's set as written, or None (no sets, or a process without one)."""
+        service = CPU_SET_SHARED_WITH.get(service, service)
         return getattr(self, service) if service in CPU_SET_SERVICES else None
 
 

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # The services a profile gives a CPU set (Milvus Lite runs as a child of the router, on its set).
 CPU_SET_SERVICES = ("router", "guardrails", "embed", "llm")
+# Services that run on another's set: the HTTP gateway is the router's front door (a thin
+# adapter, idle while the router works), so it shares the router's CPUs, not the LLM's.
+CPU_SET_SHARED_WITH = {"gateway": "router"}
 # Thread-pool sizes a pinned service gets (an operator's explicit value is kept): OpenMP (torch's
 # intra-op pool reads it at first use), MKL and OpenBLAS (numpy), Rayon (Hugging Face tokenizers).
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")

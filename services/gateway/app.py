@@ -75,13 +75,12 @@ class GatewayApp:
         self.http_port = int(sock.getsockname()[1])
         self._upstream = Upstream(s, self.dialer)
         config = uvicorn.Config(
-            create_app(self._upstream, s.max_body_bytes),
+            create_app(self._upstream, s.max_body_bytes, s.max_requests),
             lifespan="off",
             ws="none",
             log_config=None,  # the process's logging (configure_logging) applies
             access_log=False,  # requests are counted and traced instead (observe.py)
             server_header=False,
-            limit_concurrency=s.max_connections,
             timeout_graceful_shutdown=int(s.drain_grace_s),
         )
         server = _EmbeddedServer(config)
@@ -116,5 +115,5 @@ class GatewayApp:
             "llm_address": s.llm_address,
             "chat_timeout_s": f"{s.chat_timeout_s:g}",
             "max_body_bytes": str(s.max_body_bytes),
-            "max_connections": str(s.max_connections),
+            "max_requests": str(s.max_requests),
         }

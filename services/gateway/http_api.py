@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from services.gateway import codec, metrics
 from services.gateway.errors import HttpError, HttpFailure, error_body, http_failure
 from services.gateway.observe import BodyTooLarge, Observe
+from services.gateway.request_cap import RequestCap
 from services.gateway.rpc import ChatCall, Upstream, failure_of, forwarded
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _chat_events(
     return events()
 
 
-def create_app(upstream: Upstream, max_body_bytes: int) -> FastAPI:
+def create_app(upstream: Upstream, max_body_bytes: int, max_requests: int) -> FastAPI:
     app = FastAPI(title="Forge (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(HttpError)
@@ -221,5 +222,7 @@ def create_app(upstream: Upstream, max_body_bytes: int) -> FastAPI:
             )
         )
 
+    # Observe is outermost (added last): a request refused by the cap is still counted and traced.
+    app.add_middleware(RequestCap, max_requests=max_requests)
     app.add_middleware(Observe, max_body_bytes=max_body_bytes)
     return app

@@ -29,7 +29,8 @@ class GatewaySettings(BaseSettings):
     call_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     # A request body larger than this is refused with 413 before it is parsed.
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
-    # HTTP connections at once; uvicorn answers more with 503.
-    max_connections: Annotated[int, Field(ge=1)] = 512
+    # HTTP requests carried at once (a stream until its last byte); more are answered 503 with
+    # Retry-After in OpenAI's error shape (request_cap.py).
+    max_requests: Annotated[int, Field(ge=1)] = 512
     # Seconds streams in flight get to finish once the process drains.
     drain_grace_s: Annotated[float, Field(ge=0)] = 10.0

@@ -96,6 +96,7 @@ def test_profile_sets_are_validated_against_their_box(tmp_path: Path) -> None:
     sets = load_profile("box", write_profile(tmp_path, **good), environ={}).cpu_sets
     assert sets.enabled and sets.of("router") == "0" and sets.of("llm") == "2-3"
     assert sets.of("milvus") is None  # Milvus Lite is the router's child, on the router's set
+    assert sets.of("gateway") == "0"  # the router's front door runs on the router's CPUs
     with pytest.raises(ConfigError, match="llm: CPU set '2-4' needs 5 CPUs, host_cpus is 4"):
         load_profile("box", write_profile(tmp_path, **{**good, "llm": "2-4"}), environ={})
     with pytest.raises(ConfigError, match="missing embed"):
