@@ -43,7 +43,7 @@ from services.common.config import (  # noqa: E402
     SkuProfile,
     load_profiles,
 )
-from services.common.cpusets import parse_cpu_list  # noqa: E402
+from services.common.cpusets import CPU_SET_SHARED_WITH, parse_cpu_list  # noqa: E402
 from services.common.isolation import MPS_LIMIT_ENV, MPS_PIPE_ENV, mps_limit_value  # noqa: E402
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -53,9 +53,12 @@ COMPOSE_CPU = DEPLOY / "docker-compose.cpu.yaml"
 COMPOSE_DIR = DEPLOY / "compose"
 OVERLAYS_DIR = DEPLOY / "k8s" / "overlays"
 
-FORGE_SERVICES = ("llm", "embed", "guardrails", "router")
+# Every service `forge up` starts (tests/deploy checks this against the CLI's list).
+FORGE_SERVICES = ("llm", "embed", "guardrails", "router", "gateway")
+# The services with a CPU set of their own (the gateway runs on the router's).
+CPU_SET_OWNERS = tuple(s for s in FORGE_SERVICES if s not in CPU_SET_SHARED_WITH)
 # The one-shot service that makes the CA, certificates and admin key (docs/security.md): the same
-# image as the four services, so each stack builds or pulls one image.
+# image as the Forge services, so each stack builds or pulls one image.
 INIT_SERVICE = "forge-init"
 IMAGE_NAME = "forge-mesh"
 # The compose image reference; FORGE_IMAGE / FORGE_TAG pick a registry and a release.
@@ -299,8 +302,9 @@ def _describe_cpu_sets(profile: SkuProfile) -> str:
     sets = profile.cpu_sets
     if not sets.enabled:
         return "# CPU sets: none.\n"
-    named = ", ".join(f"{s} {sets.of(s)}" for s in FORGE_SERVICES)
-    return f"# CPU sets ({sets.host_cpus} CPUs): {named}.\n"
+    named = ", ".join(f"{s} {sets.of(s)}" for s in CPU_SET_OWNERS)
+    shared = "".join(f", {s} on the {owner}'s" for s, owner in CPU_SET_SHARED_WITH.items())
+    return f"# CPU sets ({sets.host_cpus} CPUs): {named}{shared}.\n"
 
 
 def _cpu_requests(profile: SkuProfile) -> str:
@@ -309,7 +313,7 @@ def _cpu_requests(profile: SkuProfile) -> str:
     sets = profile.cpu_sets
     host = sets.host_cpus or 0
     counts = []
-    for service in FORGE_SERVICES:
+    for service in CPU_SET_OWNERS:
         spec = parse_cpu_list(sets.of(service) or "0")
         counts.append(f"{service} {len(spec.resolve(range(host)))}")
     return ", ".join(counts)

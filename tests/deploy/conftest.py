@@ -10,11 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from services.common.config import SkuProfile, load_profile, load_profiles
+from services.gateway.settings import GatewaySettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -47,6 +50,29 @@ def profile_from_env(env: dict[str, str]) -> SkuProfile:
     """The profile a process with this environment loads (FORGE_PROFILE + FORGE_PROFILE__*), read by
     the services' own loader; only the FORGE_PROFILE* variables matter."""
     return _profile_from(frozenset((k, str(v)) for k, v in env.items() if k.startswith("FORGE_PROFILE")))
+
+
+class _GatewayFromFile(GatewaySettings):
+    """The gateway's settings from the given values only (not this process's environment)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def gateway_settings_from_env(env: dict[str, Any]) -> GatewaySettings:
+    """What a gateway with this environment runs with, read by its settings class: a misspelt
+    FORGE_GATEWAY_ variable or a bad value fails here (the class forbids unknown fields)."""
+    prefix = "FORGE_GATEWAY_"
+    values = {k.removeprefix(prefix).lower(): str(v) for k, v in env.items() if k.startswith(prefix)}
+    return _GatewayFromFile.model_validate(values)
 
 
 def gpu_profiles() -> list[str]:

@@ -1,8 +1,9 @@
 """Compose: every stack (the GPU base with each SKU override, each MPS variant, the cpu stack)
 passes `docker-compose config` (docker-compose 1.29.2 validates against the compose schema without
-an engine), and the merged result runs each service with its profile, GPU and health check; the
-security side (docs/security.md): the one-shot forge-init makes certificates and keys before the
-four services start, only the router is published, MinIO has no default credentials."""
+an engine), and the merged result runs each service `forge up` runs with its profile, GPU and
+health check; the security side (docs/security.md): the one-shot forge-init makes certificates and
+keys before the services start, only the router (and the gateway, on loopback) is published, MinIO
+has no default credentials."""
 
 from __future__ import annotations
 
@@ -17,14 +18,27 @@ from typing import Any
 import pytest
 import yaml
 
+from services.cli.main import MESH_SERVICES
 from services.common.config import GPU_SERVICES
-from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS
-from tests.deploy.conftest import DEPLOY, gpu_profiles, mps_profiles, profile_from_env, profiles, render, tool
+from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORTS, DEFAULT_METRICS_PORTS
+from tests.deploy.conftest import (
+    DEPLOY,
+    gateway_settings_from_env,
+    gpu_profiles,
+    mps_profiles,
+    profile_from_env,
+    profiles,
+    render,
+    tool,
+)
 
 BASE = DEPLOY / "docker-compose.yaml"
 CPU = DEPLOY / "docker-compose.cpu.yaml"
-FORGE = ("llm", "embed", "guardrails", "router")
+# Every service `forge up` starts (tests/deploy/test_services.py: each is in every stack).
+FORGE = MESH_SERVICES
 INTERNAL = ("llm", "embed", "guardrails")
+# The services the GPU ledger attributes memory to (NVML by host PID); the gateway never uses the GPU.
+ON_HOST_PID = (*GPU_SERVICES, "router")
 INIT = "forge-init"
 # What an operator sets before `up` (the stacks have no default for them).
 MINIO_ENV = {"FORGE_MINIO_ACCESS_KEY": "forge-test-user", "FORGE_MINIO_SECRET_KEY": "forge-test-secret-1"}
@@ -126,9 +140,14 @@ def test_gpu_goes_to_the_services_with_a_slice(rendered: dict[str, dict[str, Any
     # Seed option 5: Milvus and its etcd/object store run on the CPU.
     for service in ("milvus", "etcd", "minio"):
         assert not _gpu_devices(services[service])
-    # NVML reports host PIDs: the ledger attributes memory only in the host PID namespace.
+    # NVML reports host PIDs: the ledger attributes memory only in the host PID namespace; the
+    # rest (the gateway, public-facing) keep their own PID namespace and get no GPU.
     for service in FORGE:
-        assert services[service]["pid"] == "host"
+        if service in ON_HOST_PID:
+            assert services[service]["pid"] == "host", service
+        else:
+            assert "pid" not in services[service] and not _gpu_devices(services[service]), service
+            assert "NVIDIA_DRIVER_CAPABILITIES" not in services[service]["environment"], service
     target = render.image_target(profile)
     assert {services[s]["image"] for s in FORGE} == {f"forge-mesh:{render.forge_version()}-{target}"}
     assert {services[s]["build"]["target"] for s in FORGE} == {target}
@@ -199,6 +218,28 @@ def test_ports_health_checks_and_router_wiring(rendered: dict[str, dict[str, Any
         assert router_env["FORGE_ROUTER_MILVUS_URI"] == "http://milvus:19530"
         assert services["router"]["depends_on"]["milvus"]["condition"] == "service_healthy"
         assert services["router"]["ports"][0]["target"] == 50051
+
+
+def test_gateway_wiring(rendered: dict[str, dict[str, Any]]) -> None:
+    """The gateway's environment, read by its own settings class (an unknown FORGE_GATEWAY_ name
+    fails there): HTTP on every interface of the container at its default port, the router's
+    public port (plaintext, as the router serves it here), embed and llm by compose name; it starts
+    after the router and runs on the router's CPU set."""
+    for name, config in rendered.items():
+        services = config["services"]
+        entry = services["gateway"]
+        settings = gateway_settings_from_env(entry["environment"])
+        assert (settings.http_host, settings.http_port) == ("0.0.0.0", DEFAULT_HTTP_PORTS["gateway"]), name
+        for dep in ("router", "embed", "llm"):
+            address = getattr(settings, f"{dep}_address")
+            assert address == f"{dep}:{DEFAULT_GRPC_PORTS[dep]}", (name, dep)
+            assert address.split(":")[0] in services, (name, dep)
+        # TLS to the router exactly when the router serves its public port with TLS.
+        router_tls = "FORGE_PUBLIC_TLS_CERT" in services["router"]["environment"]
+        assert bool(settings.router_ca) == router_tls, name
+        assert entry["depends_on"]["router"]["condition"] == "service_started", name
+        assert entry.get("cpuset") == services["router"].get("cpuset"), name
+        assert entry["image"] == services["router"]["image"], name
 
 
 def test_images_are_pinned(rendered: dict[str, dict[str, Any]]) -> None:
@@ -307,14 +348,19 @@ def _published(port: dict[str, Any] | str) -> tuple[str, int]:
 
 
 def test_only_the_router_is_published(rendered: dict[str, dict[str, Any]]) -> None:
-    """llm, embed and guardrails (and every metrics port) are reachable on the compose network
-    only: the host gets the router's gRPC port, and Prometheus and Jaeger on loopback only."""
+    """llm, embed and guardrails (and every metrics port, and the gateway's gRPC port) are
+    reachable on the compose network only: the host gets the router's gRPC port, and the gateway's
+    HTTP API, Prometheus and Jaeger on loopback only."""
     for name, config in rendered.items():
         services = config["services"]
         for service in (*INTERNAL, INIT):
             assert not services[service].get("ports"), (name, service)
         router = [_published(p) for p in services["router"]["ports"]]
         assert [target for _, target in router] == [DEFAULT_GRPC_PORTS["router"]], name
+        # The gateway's HTTP API on the host's loopback, at its default port.
+        http = DEFAULT_HTTP_PORTS["gateway"]
+        (gateway,) = services["gateway"]["ports"]
+        assert isinstance(gateway, str) and gateway.split("/")[0] == f"127.0.0.1:{http}:{http}", name
         for service, entry in services.items():
             if service == "router":
                 continue

@@ -18,18 +18,40 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
+from services.cli.main import MESH_SERVICES
 from services.common.config import GPU_SERVICES
-from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS
-from tests.deploy.conftest import DEPLOY, profile_from_env, profiles, render, tool, yaml_docs
+from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORTS, DEFAULT_METRICS_PORTS
+from services.gateway.settings import GatewaySettings
+from services.router.settings import RouterSettings
+from tests.deploy.conftest import (
+    DEPLOY,
+    gateway_settings_from_env,
+    profile_from_env,
+    profiles,
+    render,
+    tool,
+    yaml_docs,
+)
 
 K8S = DEPLOY / "k8s"
 # The oldest Kubernetes we support (native gRPC probes are GA since 1.27; policy/v1 PDBs,
 # autoscaling/v2 HPAs) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
-FORGE = ("llm", "embed", "guardrails", "router")
+# Every service `forge up` starts (tests/deploy/test_services.py: each is in the base).
+FORGE = MESH_SERVICES
 INTERNAL = ("llm", "embed", "guardrails")
+# Whose gRPC port serves mutual TLS only (health included): all but the router's public port.
+MTLS_ONLY = tuple(s for s in FORGE if s != "router")
+# The mesh's clients and their settings: a `<service>_address` field names a service they dial.
+CLIENTS: dict[str, type[BaseSettings]] = {"router": RouterSettings, "gateway": GatewaySettings}
 Object = dict[str, Any]
+
+
+def callers_of(service: str) -> set[str]:
+    """The components that dial this service, from their settings classes."""
+    return {c for c, cls in CLIENTS.items() if f"{service}_address" in cls.model_fields}
 
 
 def kustomize(path: Path) -> subprocess.CompletedProcess[str]:
@@ -202,7 +224,10 @@ def test_workloads_probes_and_services(rendered: dict[str, list[Object]]) -> Non
             liveness = container["livenessProbe"]
             assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60, service
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-            assert ports == {"grpc": port, "metrics": DEFAULT_METRICS_PORTS[service]}
+            expected_ports = {"grpc": port, "metrics": DEFAULT_METRICS_PORTS[service]}
+            if service in DEFAULT_HTTP_PORTS:
+                expected_ports["http"] = DEFAULT_HTTP_PORTS[service]
+            assert ports == expected_ports, service
             pod = deployment["spec"]["template"]["spec"]
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -212,7 +237,12 @@ def test_workloads_probes_and_services(rendered: dict[str, list[Object]]) -> Non
             svc = services[f"forge-{service}"]
             labels = deployment["spec"]["template"]["metadata"]["labels"]
             assert svc["spec"]["selector"].items() <= labels.items()
-            assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["grpc"] == port
+            service_ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+            assert service_ports["grpc"] == port
+            if service in DEFAULT_HTTP_PORTS:  # by name, to the container's named port
+                assert service_ports["http"] == DEFAULT_HTTP_PORTS[service]
+                (http,) = [p for p in svc["spec"]["ports"] if p["name"] == "http"]
+                assert http["targetPort"] == "http"
         # Scaled out: routers and LLM replicas; one LLM per node (two would share one GPU's memory).
         assert deployments["forge-router"]["spec"]["replicas"] >= 2
         llm = deployments["forge-llm"]["spec"]
@@ -234,6 +264,17 @@ def test_workloads_probes_and_services(rendered: dict[str, list[Object]]) -> Non
             address = router_env[f"FORGE_ROUTER_{dep.upper()}_ADDRESS"]
             assert address == f"forge-{dep}:{DEFAULT_GRPC_PORTS[dep]}"
             assert address.split(":")[0] in services
+        # The gateway, read by its own settings class: HTTP on the pod's interfaces, the router's
+        # public port (plaintext in the cluster, as the router serves it) and embed and llm by
+        # their Services.
+        gateway = gateway_settings_from_env(env_of(objects, deployments["forge-gateway"]))
+        assert (gateway.http_host, gateway.http_port) == ("0.0.0.0", DEFAULT_HTTP_PORTS["gateway"])
+        assert not gateway.router_ca
+        for dep in ("router", "embed", "llm"):
+            address = getattr(gateway, f"{dep}_address")
+            assert address == f"forge-{dep}:{DEFAULT_GRPC_PORTS[dep]}", dep
+            assert address.split(":")[0] in services
+        assert deployments["forge-gateway"]["spec"]["replicas"] >= 2
         # Milvus is an existing cluster, by URI; nothing of Milvus is deployed here.
         assert router_env["FORGE_ROUTER_MILVUS_URI"].startswith("http://")
         assert not any("milvus" in o["metadata"]["name"] for o in objects if o["kind"] != "ConfigMap")
@@ -345,7 +386,7 @@ def test_pods_are_locked_down(rendered: dict[str, list[Object]], name: str) -> N
 
 @pytest.mark.parametrize("name", list(overlays()))
 def test_certificates_and_keys_come_from_secrets(rendered: dict[str, list[Object]], name: str) -> None:
-    """FORGE_TLS_DIR holds ca.crt and the pod's own certificate and key (llm, embed, guardrails also
+    """FORGE_TLS_DIR holds ca.crt and the pod's own certificate and key (all but the router also
     client.crt for their mutual-TLS health probe), each from a kubernetes.io/tls Secret
     forge-tls-<identity>; the router's FORGE_KEYS_FILE is the Secret forge-keys, mounted as a
     directory so an update reaches the file."""
@@ -363,7 +404,7 @@ def test_certificates_and_keys_come_from_secrets(rendered: dict[str, list[Object
             f"{service}.crt": (f"forge-tls-{service}", "tls.crt"),
             f"{service}.key": (f"forge-tls-{service}", "tls.key"),
         }
-        if service in INTERNAL:
+        if service in MTLS_ONLY:
             expected |= {
                 "client.crt": ("forge-tls-client", "tls.crt"),
                 "client.key": ("forge-tls-client", "tls.key"),
@@ -379,8 +420,8 @@ def test_certificates_and_keys_come_from_secrets(rendered: dict[str, list[Object
     keys = volumes_of(router)[mount["name"]]
     assert secret_files(keys) == {"keys.yaml": ("forge-keys", "keys.yaml")}
     assert keys["secret"].get("optional") is not True  # no keys file: refuse to start, loudly
-    # Only the router reads the API keys.
-    for service in INTERNAL:
+    # Only the router reads the API keys (the gateway passes the caller's on).
+    for service in MTLS_ONLY:
         deployment = deployments[f"forge-{service}"]
         for volume in volumes_of(deployment).values():
             if "secret" in volume or "projected" in volume:
@@ -395,13 +436,15 @@ def _selects(selector: Object, labels: dict[str, str]) -> bool:
 @pytest.mark.parametrize("name", list(overlays()))
 def test_network_policy_per_component(rendered: dict[str, list[Object]], name: str) -> None:
     """Each component has one NetworkPolicy selecting its pods: llm, embed and guardrails take their
-    gRPC port from router pods only, every metrics port is open to the monitoring namespace only,
-    the router's gRPC port to anyone; nothing else reaches the pods."""
+    gRPC port only from the pods of the components that dial them (their settings say which: the
+    router, and the gateway for llm and embed), every metrics port is open to the monitoring
+    namespace only, the router's gRPC port and the gateway's HTTP port to anyone, the gateway's
+    gRPC port (health and ops) to nobody; nothing else reaches the pods."""
     objects = rendered[f"overlay/{name}"]
     deployments = by_kind(objects, "Deployment")
     policies = by_kind(objects, "NetworkPolicy")
     all_labels = {d: labels_of(dep) for d, dep in deployments.items()}
-    router_labels = all_labels["forge-router"]
+    assert callers_of("llm") == callers_of("embed") == {"router", "gateway"}  # the premise
     for service in FORGE:
         labels = all_labels[f"forge-{service}"]
         selecting = [p for p in policies.values() if _selects(p["spec"]["podSelector"], labels)]
@@ -416,31 +459,39 @@ def test_network_policy_per_component(rendered: dict[str, list[Object]], name: s
             peers = rule.get("from")
             if not peers:
                 who = "anyone"
+            elif all(set(peer) == {"podSelector"} for peer in peers):
+                # Pods of Forge components (same namespace: no namespaceSelector), each peer
+                # selecting exactly one component's pods.
+                names = []
+                for peer in peers:
+                    chosen = [d for d, lab in all_labels.items() if _selects(peer["podSelector"], lab)]
+                    assert len(chosen) == 1, (service, peer, chosen)
+                    names.append(chosen[0].removeprefix("forge-"))
+                who = "+".join(sorted(names))
             else:
                 assert len(peers) == 1, (service, rule)
                 (peer,) = peers
-                if set(peer) == {"podSelector"}:
-                    # Router pods, and only they (same namespace: no namespaceSelector).
-                    assert _selects(peer["podSelector"], router_labels), (service, peer)
-                    others = [d for d, lab in all_labels.items() if d != "forge-router"]
-                    assert not any(_selects(peer["podSelector"], all_labels[d]) for d in others), service
-                    who = "router"
-                elif set(peer) == {"namespaceSelector"}:
-                    labels_wanted = peer["namespaceSelector"]["matchLabels"]
-                    assert labels_wanted == {"kubernetes.io/metadata.name": "monitoring"}, service
-                    who = "monitoring"
-                else:
-                    raise AssertionError(f"{service}: unexpected peer {peer}")
+                assert set(peer) == {"namespaceSelector"}, f"{service}: unexpected peer {peer}"
+                labels_wanted = peer["namespaceSelector"]["matchLabels"]
+                assert labels_wanted == {"kubernetes.io/metadata.name": "monitoring"}, service
+                who = "monitoring"
             for port in ports:
                 assert port not in allowed, (service, port)
                 allowed[port] = who
-        expected = {grpc_port: "anyone" if service == "router" else "router", metrics_port: "monitoring"}
+        expected = {metrics_port: "monitoring"}
+        if service == "router":
+            expected[grpc_port] = "anyone"
+        elif service in INTERNAL:
+            expected[grpc_port] = "+".join(sorted(callers_of(service)))
+        closed = {grpc_port} if service == "gateway" else set()
+        if service in DEFAULT_HTTP_PORTS:
+            expected[DEFAULT_HTTP_PORTS[service]] = "anyone"
         assert allowed == expected, service
-        # Every port the pod listens on is covered by the policy (named the same as in the pod).
+        # Every port the pod listens on is covered by the policy, open or deliberately closed.
         container_ports = {
             p["containerPort"] for p in containers(deployments[f"forge-{service}"])[0]["ports"]
         }
-        assert container_ports == set(expected), service
+        assert container_ports == set(expected) | closed, service
 
 
 # Defaults that must never be what guards the data: MinIO's and Milvus' stock credentials.
@@ -494,7 +545,13 @@ def test_cert_manager_example_issues_what_the_pods_mount(rendered: dict[str, lis
                 mounted |= {s for s, _ in secret_files(volume).values()}
     assert mounted == {f"forge-tls-{s}" for s in (*FORGE, "client")}
     assert mounted <= set(certificates)
-    router_env = env_of(overlay, deployments["forge-router"])
+    # FORGE_<CLIENT>_<SERVICE>_ADDRESS[ES] of every client of the mesh.
+    client_env = {
+        key: value
+        for client in CLIENTS
+        for key, value in env_of(overlay, deployments[f"forge-{client}"]).items()
+        if key.startswith(f"FORGE_{client.upper()}_")
+    }
     for service in FORGE:
         spec = certificates[f"forge-tls-{service}"]
         assert spec["issuerRef"]["name"] == "forge-ca" and spec["issuerRef"]["kind"] == "Issuer", service
@@ -502,11 +559,14 @@ def test_cert_manager_example_issues_what_the_pods_mount(rendered: dict[str, lis
         assert names[0] == service and f"forge-{service}" in names, service
         assert "localhost" in names and "127.0.0.1" in spec["ipAddresses"], service  # the in-pod probe
         assert {"server auth", "client auth"} <= set(spec["usages"]), service
-        if service in INTERNAL:
-            # Every host the router dials for this service is a name on its certificate.
-            for key, value in router_env.items():
-                if key.startswith(f"FORGE_ROUTER_{service.upper()}_ADDRESS"):
-                    host = value.removeprefix("dns:///").split(":")[0]
-                    assert host in names, (service, host)
+        # Every host a client dials for this service is a name on its certificate.
+        dialled = [
+            value.removeprefix("dns:///").split(":")[0]
+            for key, value in client_env.items()
+            if any(key.startswith(f"FORGE_{c.upper()}_{service.upper()}_ADDRESS") for c in CLIENTS)
+        ]
+        assert bool(dialled) == bool(callers_of(service)), service
+        for host in dialled:
+            assert host in names, (service, host)
     client = certificates["forge-tls-client"]
     assert client["issuerRef"]["name"] == "forge-ca" and "client auth" in client["usages"]
