@@ -2,17 +2,19 @@
 driven first at capacity (C closed-loop clients), then at 4x capacity (4C closed-loop clients).
 
 The mesh (llm, embed, guardrails, router) runs as separate `forge serve` processes; this process is
-the client. Each call is RouterService/Chat with disable_retrieval, greedy and a fixed small
-max_tokens, so every admitted session does the same short but real work (input rail, token count,
-generation, output rail). A call is timed from its start to the end of its stream (OK) or to its
-error. A client whose call is refused retries after max(--retry-min-ms, --retry-scale x the
-RetryInfo delay the router sent), jittered by +/-25 % so the refused clients do not move in step;
-an admitted client starts its next call at once (closed loop, no think time).
+the client, and calls the router through the SDK (`forge_client.AsyncClient`, one client for all
+callers) with the SDK's retries off: a refusal comes back as a `ResourceExhausted`, whose ErrorInfo
+reason and RetryInfo delay classify it. Each call is a chat with retrieval off, greedy and a fixed
+small max_tokens, so every admitted session does the same short but real work (input rail, token
+count, generation, output rail). A call is timed from its start to the end of its stream (OK) or to
+its error. A client whose call is refused retries (itself) after max(--retry-min-ms, --retry-scale x
+the RetryInfo delay the router sent), jittered by +/-25 % so the refused clients do not move in
+step; an admitted client starts its next call at once (closed loop, no think time).
 
 Reports, per phase: accepted calls and accepted/s, accepted latency p50/p99 and its ratio to the
 at-capacity baseline, rejection latency p50/p99 (call start to RESOURCE_EXHAUSTED), every status
 code seen with its ErrorInfo reason and count, the router's CPU use (from /proc; with an estimate
-of its CPU per rejection), and the router's own AdminService/GetCapacity counters next to the
+of its CPU per rejection), and the router's own capacity counters (AdminService/GetCapacity) next to the
 client's counts. --csv writes every call with its start time, to see when slow answers cluster.
 Targets, reported not asserted: RESOURCE_EXHAUSTED is the only failure under overload, and refusals
 are answered in <= 5 ms p99.
@@ -24,8 +26,8 @@ rate measured just before and just after it, divided by the refusals, is printed
 process's CPU per admitted call of the at-capacity phase, with their ratio. Figures, not a verdict:
 CPU time on a shared box moves with its load.
 
-Calls carry the mesh's admin API key (`_mesh.Mesh.metadata`): what a refusal costs includes the
-key check.
+Calls carry the mesh's admin API key (`_mesh.Mesh.api_key`), acting for tenant "bench": what a
+refusal costs includes the key check.
 
 All of it runs twice in one run, each time on a fresh mesh: without CPU sets
 (FORGE_PROFILE__CPU_SETS=none: every process anywhere, as before) and with the `cpu` profile's
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import csv
 import random
 import statistics
@@ -57,17 +60,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
 from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
-from forge.v1 import common_pb2, guardrails_pb2, ops_pb2, ops_pb2_grpc, router_pb2, router_pb2_grpc
-from grpc import aio
+from forge.v1 import ops_pb2, ops_pb2_grpc
 
-from services.common.status import retry_details
+from forge_client import AsyncChatStream, AsyncClient, Capacity, ForgeError, RetryPolicy
 
 TENANT = "bench"
 QUESTION = "Name three colours of the rainbow."
 # The session holders of the refusal phase: a generation long enough to outlast it.
 HOLD_PROMPT = "Count from 1 to 2000, separated by commas."
-Metadata = tuple[tuple[str, str], ...]
 CALL_TIMEOUT_S = 120.0
 TARGET_REJECTION_P99_MS = 5.0
 # LLM tokens/s with CPU sets: at least this share of the run without.
@@ -76,6 +78,26 @@ TARGET_TOKENS_RATIO = 0.9
 HERD_S = 0.1
 OK = "OK"
 REJECTED = "RESOURCE_EXHAUSTED"
+# The bench measures refusals: the SDK must hand each one back, not retry it.
+NO_RETRIES = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class ChatSpec:
+    """One chat as the SDK takes it: the same for every call of a phase."""
+
+    question: str
+    max_tokens: int
+    timeout_s: float = CALL_TIMEOUT_S
+
+    def open(self, client: AsyncClient) -> AsyncChatStream:
+        return client.chat(
+            self.question,
+            max_tokens=self.max_tokens,
+            temperature=0.0,
+            retrieval=False,
+            timeout=self.timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -116,50 +138,41 @@ class Phase:
         return sum(c.tokens for c in self.calls if c.code == OK) / self.wall_s
 
 
-def error_details(err: aio.AioRpcError) -> tuple[str, float | None]:
-    """ErrorInfo reason and RetryInfo delay of a rich error status, when present."""
-    retry_after, reason = retry_details(err)
-    return reason or "", retry_after
+def error_detail(err: ForgeError) -> str:
+    """The ErrorInfo reason of a failed call; for UNKNOWN, which has none, the message (the SDK
+    raises UNKNOWN itself for a stream that ended without its summary)."""
+    if err.reason:
+        return err.reason
+    return err.message if err.code == grpc.StatusCode.UNKNOWN else ""
 
 
-async def one_chat(
-    stub: router_pb2_grpc.RouterServiceAsyncStub,
-    request: router_pb2.ChatRequest,
-    client: int,
-    origin: float,
-    metadata: Metadata,
-) -> Call:
+async def one_chat(forge: AsyncClient, chat: ChatSpec, client: int, origin: float) -> Call:
     started = time.perf_counter()
     at = started - origin
     verdict = ""
     try:
-        summary = None
-        async for reply in stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S):
-            if reply.HasField("summary"):
-                summary = reply.summary
-        if summary is None:
-            return Call(client, at, time.perf_counter() - started, "OK_WITHOUT_SUMMARY")
+        stream = chat.open(forge)
+        async for _ in stream:
+            pass
+        summary = stream.summary
         tokens = summary.usage.completion_tokens
-        if summary.HasField("verdict"):
+        if summary.verdict is not None:
             v = summary.verdict
-            stage = guardrails_pb2.Stage.Name(v.stage).removeprefix("STAGE_").lower()
-            verdict = f"blocked, {stage}: {','.join(sorted({f.rail for f in v.findings})) or 'policy'}"
-    except aio.AioRpcError as err:
+            verdict = f"blocked, {v.stage}: {','.join(sorted({f.rail for f in v.findings})) or 'policy'}"
+    except ForgeError as err:
         elapsed = time.perf_counter() - started
-        reason, retry_after = error_details(err)
-        return Call(client, at, elapsed, err.code().name, reason, retry_after)
+        return Call(client, at, elapsed, err.code.name, error_detail(err), err.retry_after_s)
     return Call(client, at, time.perf_counter() - started, OK, verdict, tokens=tokens)
 
 
 async def run_phase(
     name: str,
-    stub: router_pb2_grpc.RouterServiceAsyncStub,
-    request: router_pb2.ChatRequest,
+    forge: AsyncClient,
+    chat: ChatSpec,
     clients: int,
     duration_s: float,
     args: argparse.Namespace,
     router_pids: list[int],
-    metadata: Metadata,
 ) -> Phase:
     """`clients` closed-loop callers start calls for `duration_s`; calls in flight at the end finish
     and count, and the phase lasts until the last one does."""
@@ -172,7 +185,7 @@ async def run_phase(
 
     async def client(i: int) -> None:
         while time.perf_counter() < end:
-            call = await one_chat(stub, request, i, started, metadata)
+            call = await one_chat(forge, chat, i, started)
             calls.append(call)
             if call.code == OK:
                 continue
@@ -220,17 +233,13 @@ class Refusals:
         return (self.cpu_s - self.background * self.wall_s) / max(1, self.refused)
 
 
-async def _hold(
-    stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest, metadata: Metadata
-) -> None:
-    call = stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S * 5)
-    try:
-        async for _ in call:
-            pass
-    except aio.AioRpcError:
-        pass
-    finally:
-        call.cancel()
+async def _hold(forge: AsyncClient, hold: ChatSpec) -> None:
+    """A long generation holding a session slot; leaving the `async with` (the task cancelled)
+    cancels the call, so the router frees the slot."""
+    async with hold.open(forge) as stream:
+        with contextlib.suppress(ForgeError):
+            async for _ in stream:
+                pass
 
 
 async def _cpu_rate(pid: int, window_s: float) -> float:
@@ -239,31 +248,21 @@ async def _cpu_rate(pid: int, window_s: float) -> float:
     return (cpu_seconds([pid]) - before) / window_s
 
 
-async def _active(admin: router_pb2_grpc.AdminServiceAsyncStub, metadata: Metadata) -> int:
-    capacity = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
-    return int(capacity.active_sessions)
+async def _active(forge: AsyncClient) -> int:
+    return (await forge.capacity(timeout=10)).active_sessions
 
 
 async def refusal_phase(
-    stub: router_pb2_grpc.RouterServiceAsyncStub,
-    admin: router_pb2_grpc.AdminServiceAsyncStub,
-    request: router_pb2.ChatRequest,
-    args: argparse.Namespace,
-    router_pid: int,
-    metadata: Metadata,
+    forge: AsyncClient, chat: ChatSpec, args: argparse.Namespace, router_pid: int
 ) -> Refusals:
     """Hold every slot with long generations, then send `args.refusals` Chat calls from
     `args.refusal_clients` clients (no pause: each is refused at once) and measure the router
     process's CPU over the burst and, with only the holders running, just before and after it."""
-    hold = router_pb2.ChatRequest(
-        messages=[common_pb2.ChatMessage(role="user", content=HOLD_PROMPT)],
-        params=common_pb2.SamplingParams(max_tokens=args.hold_tokens, temperature=0.0),
-        disable_retrieval=True,
-    )
-    holders = [asyncio.create_task(_hold(stub, hold, metadata)) for _ in range(args.capacity)]
+    hold = ChatSpec(HOLD_PROMPT, args.hold_tokens, CALL_TIMEOUT_S * 5)
+    holders = [asyncio.create_task(_hold(forge, hold)) for _ in range(args.capacity)]
     try:
         deadline = time.monotonic() + 120
-        while await _active(admin, metadata) < args.capacity:
+        while await _active(forge) < args.capacity:
             if time.monotonic() > deadline:
                 raise RuntimeError("the session holders were not all admitted within 120 s")
             await asyncio.sleep(0.05)
@@ -278,11 +277,11 @@ async def refusal_phase(
                 remaining -= 1
                 started = time.perf_counter()
                 try:
-                    async for _ in stub.Chat(request, metadata=metadata, timeout=CALL_TIMEOUT_S):
+                    async for _ in chat.open(forge):
                         pass
                     code = OK
-                except aio.AioRpcError as err:
-                    code = err.code().name
+                except ForgeError as err:
+                    code = err.code.name
                 outcomes[code] += 1
                 if code == REJECTED:
                     ms.append((time.perf_counter() - started) * 1000)
@@ -290,7 +289,7 @@ async def refusal_phase(
         cpu, started = cpu_seconds([router_pid]), time.perf_counter()
         await asyncio.gather(*(client() for _ in range(args.refusal_clients)))
         wall, burst_cpu = time.perf_counter() - started, cpu_seconds([router_pid]) - cpu
-        held = await _active(admin, metadata)
+        held = await _active(forge)
         after = await _cpu_rate(router_pid, args.background_s)
     finally:
         for task in holders:
@@ -362,8 +361,8 @@ def report(
     args: argparse.Namespace,
     phases: list[Phase],
     warmup: list[Call],
-    before: router_pb2.GetCapacityResponse,
-    after: router_pb2.GetCapacityResponse,
+    before: Capacity,
+    after: Capacity,
     env_line: str,
 ) -> None:
     base = phases[0]
@@ -461,8 +460,8 @@ class Arm:
     label: str
     phases: list[Phase]
     warmup: list[Call]
-    before: router_pb2.GetCapacityResponse
-    after: router_pb2.GetCapacityResponse
+    before: Capacity
+    after: Capacity
     refusals: Refusals
     env_line: str
     cpus: dict[str, str]  # service -> the CPUs its GetInfo reports
@@ -471,21 +470,26 @@ class Arm:
 ARMS = {"off": "no CPU sets", "on": "CPU sets"}
 
 
-async def service_cpus(mesh: Mesh, metadata: Metadata) -> dict[str, str]:
-    """Each service's CPUs as its OpsService/GetInfo reports them (the router's with the admin key)."""
+async def service_cpus(mesh: Mesh, forge: AsyncClient) -> dict[str, str]:
+    """Each service's CPUs as its OpsService/GetInfo reports them: the router's through the SDK
+    (admin key), the others' over the mesh's mutual TLS (they are no part of the public API)."""
     cpus = {}
     for name, service in mesh.services.items():
-        async with mesh.channel(service) as channel:
-            info = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(
-                ops_pb2.GetInfoRequest(), metadata=metadata if service.kind == "router" else (), timeout=10
-            )
-        cpus[name] = info.settings.get("cpus", "?")
+        if service.kind == "router":
+            settings = (await forge.info(timeout=10)).settings
+        else:
+            async with mesh.channel(service) as channel:
+                reply = await ops_pb2_grpc.OpsServiceStub(channel).GetInfo(
+                    ops_pb2.GetInfoRequest(), timeout=10
+                )
+            settings = reply.settings
+        cpus[name] = settings.get("cpus", "?")
     return cpus
 
 
 async def run_arm(
     args: argparse.Namespace,
-    request: router_pb2.ChatRequest,
+    chat: ChatSpec,
     admission: dict[str, str],
     arm: str,
     workdir: Path,
@@ -510,31 +514,29 @@ async def run_arm(
         for service in (guardrails, router, llm):
             await mesh.ready(service)
         print(f"mesh SERVING after {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        metadata = mesh.metadata(TENANT)  # the admin key, acting for TENANT
-        cpus = await service_cpus(mesh, metadata)
-        print(f"arm {label}: CPUs {cpus}", file=sys.stderr)
-        async with mesh.channel(router) as channel:
-            stub = router_pb2_grpc.RouterServiceStub(channel)
-            admin = router_pb2_grpc.AdminServiceStub(channel)
+        # One SDK client (one channel) for every caller: the admin key, acting for TENANT.
+        async with AsyncClient(
+            router.address, api_key=mesh.api_key, tenant=TENANT, retry=NO_RETRIES
+        ) as forge:
+            cpus = await service_cpus(mesh, forge)
+            print(f"arm {label}: CPUs {cpus}", file=sys.stderr)
             origin = time.perf_counter()
-            warmup = [await one_chat(stub, request, -1, origin, metadata) for _ in range(args.warmup)]
+            warmup = [await one_chat(forge, chat, -1, origin) for _ in range(args.warmup)]
             failed = [c for c in warmup if c.code != OK]
             if failed:
                 raise RuntimeError(f"warm-up chats failed: {failed}")
             router_pids = process_tree(router.process.pid)
-            before = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
+            before = await forge.capacity(timeout=10)
             phases = []
             for name, clients in (
                 ("at capacity", args.capacity),
                 (f"{args.overload}x capacity", args.overload * args.capacity),
             ):
                 print(f"phase {name}: {clients} clients for {args.duration:g} s", file=sys.stderr)
-                phases.append(
-                    await run_phase(name, stub, request, clients, args.duration, args, router_pids, metadata)
-                )
-            after = await admin.GetCapacity(router_pb2.GetCapacityRequest(), metadata=metadata, timeout=10)
+                phases.append(await run_phase(name, forge, chat, clients, args.duration, args, router_pids))
+            after = await forge.capacity(timeout=10)
             print(f"refusal phase: {args.refusals} refused calls", file=sys.stderr)
-            refusals = await refusal_phase(stub, admin, request, args, router.process.pid, metadata)
+            refusals = await refusal_phase(forge, chat, args, router.process.pid)
         env_line = await model_line(llm.address, mesh.dialer)
     return Arm(label, phases, warmup, before, after, refusals, env_line, cpus)
 
@@ -626,11 +628,7 @@ async def main() -> int:
     args = parser.parse_args()
     install_stop_signals()
 
-    request = router_pb2.ChatRequest(
-        messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
-        params=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0.0),
-        disable_retrieval=True,
-    )
+    chat = ChatSpec(QUESTION, args.max_tokens)
     admission = {
         "FORGE_PROFILE__ADMISSION__MAX_SESSIONS": str(args.capacity),
         "FORGE_PROFILE__ADMISSION__MAX_SESSIONS_PER_TENANT": "0",
@@ -640,7 +638,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
         for arm in which:
             (Path(tmp) / arm).mkdir()
-        arms = [await run_arm(args, request, admission, arm, Path(tmp) / arm) for arm in which]
+        arms = [await run_arm(args, chat, admission, arm, Path(tmp) / arm) for arm in which]
     for arm in arms:
         print(f"\n# Arm: {arm.label} (CPUs per service: {arm.cpus})")
         report(args, arm.phases, arm.warmup, arm.before, arm.after, arm.env_line)

@@ -5,7 +5,12 @@ The mesh (llm, embed, guardrails, router) runs as separate `forge serve` process
 the client. Documents are ingested through the router (tenant "bench") and, for the direct path,
 into this process's own Milvus Lite file with the router's own chunker and the embed service.
 
-- router: RouterService/Chat (greedy, small max_tokens, top_k), timed to the summary message.
+- router: a chat through the SDK (`forge_client.AsyncClient.chat`, greedy, small max_tokens, top_k,
+  the SDK's retries off), timed to the end of its stream (the status after the summary).
+- router, raw stub: the same chat to the same router through the generated stub
+  (RouterService/Chat, the request the SDK sends), timed the same way. Its difference to `router`
+  is the SDK's own cost; a Search phase (one client, the two paths interleaved) measures it on a
+  call with no generation in it.
 - direct: what the router does, from the client: Guardrails Check(INPUT) and Embed(query)
   concurrently -> Milvus search -> Check(RETRIEVAL) per chunk concurrently -> Tokenize the
   assembled messages (services.router.prompt.assemble) -> Generate -> Check(OUTPUT) per segment of
@@ -22,9 +27,12 @@ Reports router added latency (router minus direct, per percentile, and the media
 a 95 % interval of the paired differences), the throughput ratio (router req/s / direct req/s),
 and the CPU time each arm costs per chat (client process, router process, the three services; read
 from /proc between calls), which resolves the router's own cost far better than latency on a busy
-2-core box. Target, reported not asserted: the router adds <= 2 ms p50.
+2-core box. Target, reported not asserted: the router adds <= 2 ms p50. Then SDK vs raw stub, for
+Chat and Search: p50/p99 of each, their ratio (SDK / raw stub), the median paired difference and
+the client's CPU per call (figures from this run, no target).
 
-    python bench/router_overhead.py [--requests 40] [--clients 4] [--concurrent-requests 24] [--tracing-arm]
+    python bench/router_overhead.py [--requests 40] [--clients 4] [--concurrent-requests 24]
+        [--search-requests 100] [--tracing-arm]
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from forge.v1 import (
 )
 from grpc import aio
 
+from forge_client import AsyncClient, Document, RetryPolicy
 from services.router.budget import context_budget
 from services.router.chunking import Chunker, ChunkingConfig
 from services.router.clients.milvus_store import VectorStore
@@ -79,7 +88,11 @@ TENANT = "bench"
 CLIENT = "client"
 SERVICES = "services"
 NOTRACE = "router, sampler off"
-ROUTER_SERVICES = {"router": "router", NOTRACE: "router-notrace"}  # arm -> its router's process name
+RAW = "router, raw stub"
+# arm -> its router's process name
+ROUTER_SERVICES = {"router": "router", RAW: "router", NOTRACE: "router-notrace"}
+# A failed call must show, not be retried into a slower success.
+NO_RETRIES = RetryPolicy(max_attempts=1)
 # The mesh runs with API keys on: the benchmark calls as the admin of its FORGE_HOME.
 METADATA = router_metadata(admin_key(DEFAULT_HOME), TENANT)
 TARGET_P50_MS = 2.0
@@ -101,6 +114,10 @@ DOCUMENTS = {
 }
 
 Arm = Callable[[], Awaitable["Result"]]
+
+
+class Degraded(RuntimeError):
+    """A router chat that went without a dependency: not the path being measured."""
 
 
 @dataclass(frozen=True)
@@ -143,38 +160,85 @@ class Samples:
 
 
 def chat_request(max_tokens: int, top_k: int) -> router_pb2.ChatRequest:
+    """The raw stub's request: what the SDK sends for `router_arm`'s chat."""
     return router_pb2.ChatRequest(
         messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
         params=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
         top_k=top_k,
+        priority=common_pb2.PRIORITY_INTERACTIVE,
     )
 
 
-def router_arm(stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest) -> Arm:
+def router_arm(forge: AsyncClient, max_tokens: int, top_k: int) -> Arm:
+    """A chat through the SDK, timed to the end of its stream."""
+
     async def chat() -> Result:
         started = time.perf_counter()
-        elapsed = None
-        text: list[str] = []
-        sources: tuple[tuple[str, int], ...] = ()
+        stream = forge.chat(QUESTION, max_tokens=max_tokens, temperature=0.0, top_k=top_k)
+        text = [delta.text async for delta in stream]
+        elapsed = time.perf_counter() - started
+        summary = stream.summary
+        if summary.degraded:
+            raise Degraded(f"router chat degraded (a dependency failed): {summary}")
         blocked = ""
-        async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
-            if reply.HasField("summary"):
-                elapsed = time.perf_counter() - started
-                summary = reply.summary
-                if summary.degraded:
-                    raise RuntimeError(f"router chat degraded (a dependency failed): {summary}")
-                if summary.HasField("verdict"):
-                    v = summary.verdict
-                    rails = ",".join(sorted({f.rail for f in v.findings})) or "policy"
-                    blocked = f"{guardrails_pb2.Stage.Name(v.stage).removeprefix('STAGE_').lower()}: {rails}"
-                sources = tuple((c.document_id, c.chunk_index) for c in summary.citations)
-            else:
-                text.append(reply.delta)
-        if elapsed is None:
-            raise RuntimeError("router chat ended without a summary")
+        if summary.verdict is not None:
+            v = summary.verdict
+            blocked = f"{v.stage}: {','.join(sorted({f.rail for f in v.findings})) or 'policy'}"
+        sources = tuple((c.document_id, c.chunk_index) for c in summary.citations)
         return Result(elapsed, "".join(text), sources, blocked=blocked)
 
     return chat
+
+
+def raw_router_arm(stub: router_pb2_grpc.RouterServiceAsyncStub, request: router_pb2.ChatRequest) -> Arm:
+    """The same chat through the generated stub, timed the same way: the SDK's baseline."""
+
+    async def chat() -> Result:
+        started = time.perf_counter()
+        text: list[str] = []
+        summary: router_pb2.ChatSummary | None = None
+        async for reply in stub.Chat(request, metadata=METADATA, timeout=CALL_TIMEOUT_S):
+            if reply.HasField("summary"):
+                summary = reply.summary
+            else:
+                text.append(reply.delta)
+        elapsed = time.perf_counter() - started
+        if summary is None:
+            raise RuntimeError("router chat ended without a summary")
+        if summary.degraded:
+            raise Degraded(f"router chat degraded (a dependency failed): {summary}")
+        blocked = ""
+        if summary.HasField("verdict"):
+            v = summary.verdict
+            rails = ",".join(sorted({f.rail for f in v.findings})) or "policy"
+            blocked = f"{guardrails_pb2.Stage.Name(v.stage).removeprefix('STAGE_').lower()}: {rails}"
+        sources = tuple((c.document_id, c.chunk_index) for c in summary.citations)
+        return Result(elapsed, "".join(text), sources, blocked=blocked)
+
+    return chat
+
+
+def search_arms(
+    forge: AsyncClient, stub: router_pb2_grpc.RouterServiceAsyncStub, top_k: int
+) -> dict[str, Arm]:
+    """Search for the question, through the SDK ("router") and the raw stub; `sources` are the
+    hits, to check both paths got the same."""
+
+    async def sdk() -> Result:
+        started = time.perf_counter()
+        found = await forge.search(QUESTION, top_k=top_k)
+        elapsed = time.perf_counter() - started
+        return Result(elapsed, "", tuple((h.document_id, h.chunk_index) for h in found.hits))
+
+    request = router_pb2.SearchRequest(query=QUESTION, top_k=top_k)
+
+    async def raw() -> Result:
+        started = time.perf_counter()
+        reply = await stub.Search(request, metadata=METADATA, timeout=CALL_TIMEOUT_S)
+        elapsed = time.perf_counter() - started
+        return Result(elapsed, "", tuple((h.document_id, h.chunk_index) for h in reply.hits))
+
+    return {"router": sdk, RAW: raw}
 
 
 class Direct:
@@ -300,12 +364,9 @@ class Direct:
         return Result(elapsed, "".join(answer), sources, tuple(stages), blocked)
 
 
-async def ingest_via_router(stub: router_pb2_grpc.RouterServiceAsyncStub, documents: dict[str, str]) -> int:
-    requests = [
-        router_pb2.IngestRequest(document=router_pb2.Document(id=i, text=t)) for i, t in documents.items()
-    ]
-    replies = [r async for r in stub.Ingest(iter(requests), metadata=METADATA, timeout=120)]
-    return int(replies[-1].chunks_ingested)
+async def ingest_via_router(forge: AsyncClient, documents: dict[str, str]) -> int:
+    stored = await forge.ingest([Document(i, t) for i, t in documents.items()], timeout=120)
+    return stored.chunks
 
 
 class CpuMeter:
@@ -545,6 +606,56 @@ def report(
     print(env_line)
 
 
+def report_sdk(
+    args: argparse.Namespace,
+    chats: dict[str, Samples],
+    chat_paired: list[list[float]],
+    searches: dict[str, Samples],
+    search_paired: list[list[float]],
+) -> None:
+    """The SDK against the generated stub, same router, same run: latency and the client's CPU."""
+    print(
+        "\n## SDK vs raw stub: the same calls to the same router, forge_client.AsyncClient against "
+        "the generated stub\n"
+    )
+    print(
+        "| call | completed (SDK / raw) | raw stub p50 ms | SDK p50 ms | SDK / raw p50 | raw stub p99 ms | "
+        "SDK p99 ms | SDK / raw p99 | paired SDK - raw, median ms | client CPU ms/call raw | SDK |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows: list[tuple[str, dict[str, Samples], str, list[list[float]] | None]] = [
+        ("Chat, sequential, 1 client", chats, "sequential", chat_paired),
+        (f"Chat, concurrent, {args.clients} clients", chats, "concurrent", None),
+        ("Search, sequential, 1 client", searches, "sequential", search_paired),
+    ]
+    for label, samples, phase, paired in rows:
+        sdk, raw = samples["router"], samples[RAW]
+        if not getattr(sdk, phase) or not getattr(raw, phase):
+            continue
+        s_ms, r_ms = sdk.ms(phase), raw.ms(phase)
+        names = list(samples)
+        diffs = paired_diffs(paired, names.index("router"), names.index(RAW)) if paired else []
+        print(
+            f"| {label} | {len(s_ms)} / {len(r_ms)} | "
+            f"{percentile(r_ms, 50):.2f} | {percentile(s_ms, 50):.2f} | "
+            f"{percentile(s_ms, 50) / percentile(r_ms, 50):.3f} | {percentile(r_ms, 99):.2f} | "
+            f"{percentile(s_ms, 99):.2f} | {percentile(s_ms, 99) / percentile(r_ms, 99):.3f} | "
+            f"{signed_fine(statistics.median(diffs)) if diffs else 'n/a'} | "
+            f"{raw.cpu_ms(phase, CLIENT):.2f} | {sdk.cpu_ms(phase, CLIENT):.2f} |"
+        )
+    pairs = list(zip(chats["router"].sequential, chats[RAW].sequential, strict=True))
+    hits = list(zip(searches["router"].sequential, searches[RAW].sequential, strict=True))
+    print(
+        f"sanity: identical answers SDK / raw stub {sum(a.text == b.text for a, b in pairs)}/{len(pairs)}, "
+        f"identical citations {sum(a.sources == b.sources for a, b in pairs)}/{len(pairs)}, identical "
+        f"search hits {sum(a.sources == b.sources for a, b in hits)}/{len(hits)}"
+    )
+
+
+def signed_fine(value: float) -> str:
+    return f"{value:+.2f}"
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -554,6 +665,9 @@ async def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="callers in the concurrent phase")
     parser.add_argument(
         "--concurrent-requests", type=int, default=24, help="concurrent-phase requests per arm"
+    )
+    parser.add_argument(
+        "--search-requests", type=int, default=100, help="Search calls per path (SDK, raw stub)"
     )
     parser.add_argument("--rounds", type=int, default=2, help="concurrent-phase blocks per arm")
     parser.add_argument("--max-tokens", type=int, default=8)
@@ -573,6 +687,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
         workdir = Path(tmp)
         channels: dict[str, aio.Channel] = {}
+        clients: list[AsyncClient] = []
         store: VectorStore | None = None
         async with Mesh(workdir, args.home) as mesh:
             global METADATA
@@ -605,19 +720,33 @@ async def main() -> int:
                 arms: dict[str, Arm] = {}
                 chunk_counts = []
                 for name, service in routers.items():
-                    channels[name] = mesh.channel(service)
-                    stub = router_pb2_grpc.RouterServiceStub(channels[name])
-                    chunk_counts.append(await ingest_via_router(stub, DOCUMENTS))
-                    arms[name] = router_arm(stub, request)
+                    forge = AsyncClient(
+                        service.address,
+                        api_key=mesh.api_key,
+                        tenant=TENANT,
+                        retry=NO_RETRIES,
+                        timeout=CALL_TIMEOUT_S,
+                    )
+                    clients.append(forge)
+                    chunk_counts.append(await ingest_via_router(forge, DOCUMENTS))
+                    arms[name] = router_arm(forge, args.max_tokens, args.top_k)
+                # The SDK's baseline: the generated stub on a channel of its own, to the first router.
+                sdk = clients[0]
+                channels[RAW] = mesh.channel(routers["router"])
+                stub = router_pb2_grpc.RouterServiceStub(channels[RAW])
+                arms[RAW] = raw_router_arm(stub, request)
                 direct_chunks = await direct.ingest(chunker, DOCUMENTS)
                 arms["direct"] = direct.chat
-                names = ["direct", *routers]
+                names = ["direct", "router", RAW, *(n for n in routers if n != "router")]
                 arms = {name: arms[name] for name in names}
                 samples = {name: Samples() for name in names}
 
                 for _ in range(args.warmup):
-                    for arm in arms.values():
-                        await arm()
+                    for name, arm in arms.items():
+                        try:
+                            await arm()
+                        except Degraded as err:  # a cold first call on a loaded box; measured calls raise
+                            print(f"warm-up ({name}): {err}", file=sys.stderr)
                 print("sequential phase", file=sys.stderr)
                 meter = CpuMeter(mesh)
                 paired = await sequential(arms, samples, args.requests, meter)
@@ -626,13 +755,25 @@ async def main() -> int:
                     await concurrent(
                         arms, samples, args.clients, args.concurrent_requests, args.rounds, meter
                     )
+                searches = search_arms(sdk, stub, args.top_k)
+                search_samples = {name: Samples() for name in searches}
+                search_paired: list[list[float]] = []
+                if args.search_requests > 0:
+                    print("search phase (SDK vs raw stub)", file=sys.stderr)
+                    for _ in range(args.warmup):
+                        for search in searches.values():
+                            await search()
+                    search_paired = await sequential(searches, search_samples, args.search_requests, meter)
                 env_line = await model_line(llm.address, mesh.dialer)
             finally:
+                for client in clients:
+                    await client.close()
                 for channel in channels.values():
                     await channel.close()
                 if store is not None:
                     await store.close()
     report(args, env_line, samples, paired, (chunk_counts[0], direct_chunks))
+    report_sdk(args, samples, paired, search_samples, search_paired)
     return 0
 
 
