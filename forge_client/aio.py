@@ -76,7 +76,7 @@ class AsyncChatStream:
         try:
             return call, await call.read()
         except aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err) from err
 
     async def _run(self) -> AsyncGenerator[ChatDelta, None]:
         try:
@@ -91,7 +91,7 @@ class AsyncChatStream:
                     yield ChatDelta(reply.delta)
                 reply = await call.read()
         except aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err) from err
         except asyncio.CancelledError:
             # grpc.aio answers a read of a call cancelled with `cancel()` so; the sync client
             # raises CANCELLED. Same here, unless this task itself is being cancelled.
@@ -165,7 +165,7 @@ class AsyncClient(ClientBase):
             try:
                 return await method(request, metadata=self._metadata, timeout=timeout_s)
             except aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
+                raise from_rpc_error(err) from err
 
         return await call_with_retries_async(self._retrier, self._timeout(timeout), attempt)
 
@@ -217,7 +217,7 @@ class AsyncClient(ClientBase):
             try:
                 await _send_acknowledged(call, outbox, tally, collection)
             except aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
+                raise from_rpc_error(err) from err
             finally:
                 call.cancel()  # a no-op once the stream has ended well
 

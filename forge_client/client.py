@@ -71,7 +71,7 @@ class ChatStream:
         try:
             return call, next(call, None)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err) from err
 
     def _run(self) -> Iterator[ChatDelta]:
         call, first = call_with_retries(self._retrier, self._timeout_s, self._open)
@@ -88,7 +88,7 @@ class ChatStream:
                     yield ChatDelta(reply.delta)
                 reply = next(replies, None)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise from_rpc_error(err) from err
         if self._summary is None:
             raise no_summary()
 
@@ -163,7 +163,7 @@ class Client(ClientBase):
             try:
                 return method(request, metadata=self._metadata, timeout=timeout_s)
             except grpc.RpcError as err:
-                raise from_rpc_error(err) from None
+                raise from_rpc_error(err) from err
 
         return call_with_retries(self._retrier, self._timeout(timeout), attempt)
 
@@ -225,7 +225,7 @@ class Client(ClientBase):
                     outbox.ack()
                     tally.stored(reply)
             except grpc.RpcError as err:
-                raise from_rpc_error(err) from None
+                raise from_rpc_error(err) from err
             finally:
                 call.cancel()  # a no-op once the stream has ended
 
