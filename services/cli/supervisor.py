@@ -36,6 +36,7 @@ import psutil
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli import CALLERS_FORK_SUPPORT, FORK_SUPPORT_ENV
 from services.common.channels import PLAINTEXT, Dialer
 
 log = logging.getLogger(__name__)
@@ -667,6 +668,8 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def child_env(profile: str, home: str) -> dict[str, str]:
     env = dict(os.environ)
+    if CALLERS_FORK_SUPPORT is None:  # set for the CLI's process only (services/cli/__init__.py)
+        env.pop(FORK_SUPPORT_ENV, None)
     env["FORGE_PROFILE"] = profile
     env["FORGE_HOME"] = home
     env.setdefault("PYTHONUNBUFFERED", "1")
