@@ -53,6 +53,8 @@ LOG_LINES_SHOWN = 5
 # Leftover processes of a service that already exited get this long after SIGTERM: nothing is left
 # for them to drain (vLLM's engine core ignores SIGTERM anyway), and a restart waits on them.
 LEFTOVER_GRACE_S = 1.0
+# How long a stopped service's own children get to exit after it before they count as left behind.
+ENGINE_EXIT_S = 5.0
 
 PR_SET_PDEATHSIG = 1
 
@@ -575,6 +577,10 @@ class Supervisor:
         """After the service's own process ended: kill whatever is left of it (an orphaned engine
         core, a worker), then let its log readers finish."""
         leftovers = session_members(child.sid, child.known)
+        if leftovers and self._stopping.is_set():
+            # On a stop the service shut its engine down; the engine's process may still be
+            # exiting (vLLM's EngineCore outlives its parent by a moment): not a leftover yet.
+            _, leftovers = await asyncio.to_thread(_wait_gone, leftovers, ENGINE_EXIT_S)
         if leftovers:
             names = ", ".join(f"{p.pid}" for p in leftovers)
             log.warning(
