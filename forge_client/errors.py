@@ -143,11 +143,10 @@ def error_from_status(
 
 
 def from_rpc_error(err: grpc.RpcError) -> ForgeError:
-    """A failed call (sync or asyncio) as a ForgeError; the gRPC error stays its __cause__."""
+    """A failed call (sync or asyncio) as a ForgeError (raise it `from` the gRPC error: that
+    stays its __cause__)."""
     if not isinstance(err, grpc.Call | aio.AioRpcError):
         return ForgeError(str(err))
     code = err.code() or grpc.StatusCode.UNKNOWN
     trailing = err.trailing_metadata() or ()
-    error = error_from_status(code, err.details() or "", trailing)
-    error.__cause__ = err
-    return error
+    return error_from_status(code, err.details() or "", trailing)

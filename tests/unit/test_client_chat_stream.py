@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 from forge.v1 import common_pb2, router_pb2
 from grpc import aio
 
-from forge_client import Internal
+from forge_client import Internal, Unavailable
 from forge_client.aio import AsyncChatStream
 from forge_client.client import ChatStream
 from forge_client.retry import Retrier, RetryPolicy
@@ -87,3 +88,18 @@ async def test_a_well_ordered_stream_reads_whole() -> None:
         Retrier(RetryPolicy(max_attempts=1)),
     )
     assert await stream.text() == "Hello" and stream.summary.finish_reason.name == "STOP"
+
+
+async def test_a_failed_call_is_a_typed_error_whose_cause_is_the_grpc_error() -> None:
+    failure = aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "llm unavailable")
+
+    class FailingCall(AsyncCall):
+        async def read(self) -> Any:
+            raise failure
+
+    stream = AsyncChatStream(
+        stub_for(FailingCall([])), REQUEST, (), None, Retrier(RetryPolicy(max_attempts=1))
+    )
+    with pytest.raises(Unavailable) as raised:
+        await stream.text()
+    assert raised.value.__cause__ is failure and raised.value.message == "llm unavailable"
