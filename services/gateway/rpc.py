@@ -18,10 +18,9 @@ from forge.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from google.rpc import error_details_pb2
 from grpc import aio
-from grpc_status import rpc_status
 
+from forge_client.errors import from_rpc_error
 from services.common import telemetry
 from services.common.channels import CLIENT_OPTIONS, Dialer
 from services.gateway.errors import RpcFailure
@@ -41,27 +40,15 @@ def forwarded(headers: Mapping[str, str]) -> Metadata:
 
 
 def failure_of(err: aio.AioRpcError) -> RpcFailure:
-    """A failed call's status with its google.rpc details (ErrorInfo, RetryInfo, BadRequest)."""
-    reason: str | None = None
-    retry_after: float | None = None
-    field: str | None = None
-    status = rpc_status.from_call(err)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason or None
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            if bad.field_violations:
-                field = bad.field_violations[0].field
-    code = err.code()
-    return RpcFailure(code.name, err.details() or code.name, reason, retry_after, field)
+    """A failed call's status with its google.rpc details, read as the SDK reads them."""
+    error = from_rpc_error(err)
+    return RpcFailure(
+        error.code.name,
+        error.message or error.code.name,
+        error.reason or None,
+        error.retry_after_s,
+        error.field,
+    )
 
 
 def _router_channel(settings: GatewaySettings) -> aio.Channel:
