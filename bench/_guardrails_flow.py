@@ -32,6 +32,7 @@ from services.router.ports import (
     GenerateRequest,
     Grounding,
     Message,
+    ModelInfo,
     Priority,
     Sampling,
 )
@@ -131,8 +132,8 @@ class _ScriptedLlm:
     def __init__(self, pieces: Sequence[str]) -> None:
         self.pieces = list(pieces)
 
-    async def max_context_tokens(self, timeout_s: float) -> int:
-        return 4096
+    async def model_info(self, timeout_s: float) -> ModelInfo:
+        return ModelInfo("scripted-model", 4096)
 
     async def count_tokens(self, messages: Sequence[Message], timeout_s: float) -> int:
         return 1

@@ -35,8 +35,10 @@ def main() -> int:
                     print(delta.text, end="", flush=True)
             print()
             summary = answer.summary
-            for n, cited in enumerate(summary.citations, start=1):
-                print(f"[{n}] {cited.document_id} (part {cited.chunk_index + 1}, score {cited.score:.2f})")
+            for source in summary.citations:  # numbered as the prompt numbered them: [n] in the answer
+                mark = "  <- cited" if source.cited else ""
+                print(f"[{source.number}] {source.document_id} (part {source.chunk_index + 1}){mark}")
+            print(f"(answered by {summary.model})")
             if summary.blocked and summary.verdict is not None:
                 print(f"[blocked] {summary.verdict.message}")
     except ForgeError as err:  # "CODE: message", e.g. UNAUTHENTICATED: ... when the key is wrong

@@ -95,13 +95,16 @@ def verdict(v: router_pb2.Verdict) -> Verdict:
 
 def chat_summary(s: router_pb2.ChatSummary) -> ChatSummary:
     return ChatSummary(
-        citations=tuple(Citation(c.document_id, c.chunk_index, c.score) for c in s.citations),
+        citations=tuple(
+            Citation(c.document_id, c.chunk_index, c.score, c.number, c.cited) for c in s.citations
+        ),
         usage=Usage(s.usage.prompt_tokens, s.usage.completion_tokens),
         trace_id=s.trace_id,
         finish_reason=_FINISH.get(s.finish_reason, FinishReason.UNSPECIFIED),
         degraded=s.degraded,
         degraded_reasons=tuple(s.degraded_reasons),
         verdict=verdict(s.verdict) if s.HasField("verdict") else None,
+        model=s.model,
     )
 
 

@@ -41,11 +41,14 @@ class ChatDelta:
 
 @dataclass(frozen=True)
 class Citation:
-    """A chunk the answer was grounded on (highest score first)."""
+    """A source the answer was given (highest score first): the chunk, its number in the prompt
+    (the answer refers to it as `[number]`) and whether the answer did."""
 
     document_id: str
     chunk_index: int
     score: float
+    number: int = 0
+    cited: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,16 @@ class ChatSummary:
     degraded: bool = False
     degraded_reasons: tuple[str, ...] = ()
     verdict: Verdict | None = None
+    model: str = ""  # the model that wrote the answer
 
     @property
     def blocked(self) -> bool:
         return self.finish_reason is FinishReason.BLOCKED
+
+    @property
+    def cited(self) -> tuple[Citation, ...]:
+        """The sources the answer refers to by their [number]."""
+        return tuple(c for c in self.citations if c.cited)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import forge_client
-from forge_client import ChatSummary, Citation, ForgeError, Usage, Verdict
+from forge_client import ChatSummary, ForgeError
 from services.common.security.settings import admin_key_path
 
 
@@ -83,41 +83,6 @@ def ingest(
     return result.documents, result.chunks
 
 
-@dataclass(frozen=True)
-class AskSummary:
-    """The SDK's summary shaped as the protobuf it replaced, which `forge ask` still reads:
-    `verdict` always there (empty when no rail blocked) and `HasField("verdict")` saying which."""
-
-    summary: ChatSummary
-
-    def HasField(self, name: str) -> bool:
-        return name == "verdict" and self.summary.verdict is not None
-
-    @property
-    def verdict(self) -> Verdict:
-        return self.summary.verdict or Verdict(decision="", stage="", message="")
-
-    @property
-    def citations(self) -> tuple[Citation, ...]:
-        return self.summary.citations
-
-    @property
-    def usage(self) -> Usage:
-        return self.summary.usage
-
-    @property
-    def trace_id(self) -> str:
-        return self.summary.trace_id
-
-    @property
-    def degraded(self) -> bool:
-        return self.summary.degraded
-
-    @property
-    def degraded_reasons(self) -> tuple[str, ...]:
-        return self.summary.degraded_reasons
-
-
 def ask(
     router: Router,
     question: str,
@@ -126,8 +91,8 @@ def ask(
     max_tokens: int | None,
     on_text: Callable[[str], None],
     timeout_s: float | None = None,
-) -> AskSummary:
-    """Stream the answer through `on_text`; return the summary (citations, usage, verdict)."""
+) -> ChatSummary:
+    """Stream the answer through `on_text`; return the summary (sources, model, usage, verdict)."""
     try:
         with (
             router.client() as client,
@@ -145,4 +110,4 @@ def ask(
             summary = stream.summary
     except ForgeError as exc:
         raise ClientError(str(exc)) from exc
-    return AskSummary(summary)
+    return summary

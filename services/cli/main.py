@@ -296,6 +296,9 @@ def ingest(
 @_client_options
 @click.option("--top-k", type=int, default=0, help="Chunks to retrieve (0 = the router's default).")
 @click.option("--max-tokens", type=int, default=None, help="Longest answer in tokens.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object: the answer and its whole summary."
+)
 @click.pass_obj
 def ask(
     settings: ForgeSettings,
@@ -306,33 +309,30 @@ def ask(
     address: str,
     top_k: int,
     max_tokens: int | None,
+    as_json: bool,
 ) -> None:
-    """Ask a question; the answer streams, then its sources."""
-    from services.cli import client
+    """Ask a question; the answer streams, then its sources ([n] in the answer) and the model."""
+    from services.cli import answer_view, client
+
+    pieces: list[str] = []
+
+    def on_text(text: str) -> None:
+        pieces.append(text)
+        if not as_json:
+            click.echo(text, nl=False)
 
     try:
         summary = client.ask(
-            _router(settings, address, tenant, tls_ca),
-            question,
-            collection,
-            top_k,
-            max_tokens,
-            lambda t: click.echo(t, nl=False),
+            _router(settings, address, tenant, tls_ca), question, collection, top_k, max_tokens, on_text
         )
     except client.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(answer_view.summary_json(question, "".join(pieces), summary))
+        return
     click.echo()
-    if summary.HasField("verdict"):
-        click.echo(f"[blocked] {summary.verdict.message}")
-    if summary.degraded:
-        went_without = ", ".join(summary.degraded_reasons) or "a dependency"
-        click.echo(f"[degraded] answered without: {went_without} (failed or overloaded); see the router log")
-    for n, c in enumerate(summary.citations, start=1):
-        click.echo(f"[{n}] {c.document_id} (part {c.chunk_index + 1}, score {c.score:.2f})")
-    click.echo(
-        f"({summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} answer tokens, "
-        f"trace {summary.trace_id or '-'})"
-    )
+    for line in answer_view.summary_lines(summary):
+        click.echo(line)
 
 
 def _key_store(settings: ForgeSettings) -> Any:

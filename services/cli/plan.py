@@ -50,6 +50,29 @@ def render_cpu_sets(profile: SkuProfile, machine: Machine) -> list[str]:
     return lines
 
 
+def render_model(profile: SkuProfile) -> list[str]:
+    """What the profile's model takes of the LLM's slice: weights + a KV cache per session."""
+    model = profile.model
+    if model is None:
+        return []
+    sessions = profile.admission.max_sessions
+    need = model.need_bytes(sessions)
+    where = (
+        f"of the llm slice's {_gib(profile.slice_bytes('llm')).strip()}: fits"
+        if profile.slices.llm > 0
+        else "of CPU memory"
+    )
+    licence = f", {model.licence}" if model.licence else ""
+    return [
+        "",
+        f"model        {model.name} ({model.quantization}, {profile.llm_engine}{licence})",
+        f"{'weights':<12}{_gib(model.weights_bytes)}",
+        f"{'kv cache':<12}{_gib(model.kv_bytes(sessions))}  {sessions} sessions x "
+        f"{model.context_tokens} tokens x {model.kv_kib_per_token:g} KiB",
+        f"{'needs':<12}{_gib(need)}  {where}",
+    ]
+
+
 def render_plan(profile: SkuProfile, machine: Machine | None = None) -> str:
     dev = profile.device
     lines = [
@@ -82,6 +105,7 @@ def render_plan(profile: SkuProfile, machine: Machine | None = None) -> str:
     total += profile.buffer
     used = int(total * dev.memory_bytes)
     lines.append(f"{'total':<12}{total:>9.2f}  {used:>14}  {_gib(used)}  (<= 1.00: OK)")
+    lines += render_model(profile)
     lines += ["", f"enforced by (isolation {profile.isolation.value})"]
     lines += [f"{service:<12}{enforcement(profile, service)}" for service in SERVICES_WITH_SLICES]
     if profile.isolation == Isolation.MPS:

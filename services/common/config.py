@@ -148,6 +148,32 @@ class AdmissionConfig(_Strict):
     queue: QueueConfig = QueueConfig()
 
 
+class ModelSpec(_Strict):
+    """The LLM a profile is sized for, and what it takes of the LLM's slice: its weights plus a KV
+    cache of `context_tokens` for every admitted session. Configuration: the cpu profile's model
+    ships in a package; on a GPU the operator provides the weights (FORGE_LLM_MODEL_PATH, or
+    FORGE_LLM_GGUF_PATH for llama.cpp) and the profile says whether they fit."""
+
+    name: str
+    # bf16 | fp8 | awq-int4 | q4_k_m ... (as the weights are stored)
+    quantization: str
+    weights_gib: Annotated[float, Field(gt=0)]
+    # 2 (K and V) x layers x KV heads x head dim x 2 bytes (fp16 cache), per token.
+    kv_kib_per_token: Annotated[float, Field(gt=0)]
+    context_tokens: Annotated[int, Field(ge=128)] = 4096
+    licence: str = ""
+
+    @property
+    def weights_bytes(self) -> int:
+        return int(self.weights_gib * GIB)
+
+    def kv_bytes(self, sessions: int) -> int:
+        return int(sessions * self.context_tokens * self.kv_kib_per_token * 1024)
+
+    def need_bytes(self, sessions: int) -> int:
+        return self.weights_bytes + self.kv_bytes(sessions)
+
+
 class SkuProfile(_Strict):
     name: str = ""
     description: str = ""
@@ -159,6 +185,7 @@ class SkuProfile(_Strict):
     slices: Slices
     cpu_sets: CpuSets = CpuSets()
     admission: AdmissionConfig
+    model: ModelSpec | None = None
 
     @model_validator(mode="after")
     def _plan_is_consistent(self) -> SkuProfile:
@@ -170,6 +197,14 @@ class SkuProfile(_Strict):
             )
         if not self.device.has_gpu and any(self.slices.of(s) > 0 for s in SERVICES_WITH_SLICES):
             raise ValueError("device.memory_gib is 0 (no GPU), so every slice must be 0")
+        if self.model is not None and self.slices.llm > 0:
+            need, have = self.model.need_bytes(self.admission.max_sessions), self.slice_bytes("llm")
+            if need > have:
+                raise ValueError(
+                    f"model {self.model.name} needs {need / GIB:.1f} GiB (weights "
+                    f"{self.model.weights_gib:g} GiB + KV cache for {self.admission.max_sessions} "
+                    f"sessions x {self.model.context_tokens} tokens), the llm slice is {have / GIB:.1f} GiB"
+                )
         if self.milvus == "gpu" and self.slices.milvus == 0:
             raise ValueError("milvus: gpu needs slices.milvus > 0")
         if self.isolation == Isolation.MPS:

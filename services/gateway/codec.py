@@ -144,9 +144,16 @@ def forge_extra(summary: router_pb2.ChatSummary) -> dict[str, Any]:
     """What the router's summary says beyond OpenAI's fields."""
     return {
         "citations": [
-            {"document_id": c.document_id, "chunk_index": c.chunk_index, "score": c.score}
+            {
+                "number": c.number,
+                "document_id": c.document_id,
+                "chunk_index": c.chunk_index,
+                "score": c.score,
+                "cited": c.cited,
+            }
             for c in summary.citations
         ],
+        "model": summary.model,
         "trace_id": summary.trace_id,
         "degraded": summary.degraded,
         "degraded_reasons": list(summary.degraded_reasons),

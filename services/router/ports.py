@@ -138,6 +138,8 @@ class Citation:
     document_id: str
     chunk_index: int
     score: float
+    number: int = 0  # the source's [number] in the prompt
+    cited: bool = False  # the answer carries its [number] marker
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class ChatEnd:
     finish_reason: FinishReason = FinishReason.STOP
     # What a degraded answer went without: "retrieval", "guardrails", "rail:<name>", ...
     degraded_reasons: tuple[str, ...] = ()
+    model: str = ""  # the served model that wrote the answer; empty when none was asked
 
 
 ChatEvent = ChatDelta | ChatEnd
@@ -206,8 +209,17 @@ class Embeddings(Protocol):
     async def embed(self, texts: Sequence[str], query: bool, timeout_s: float) -> list[list[float]]: ...
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the router needs to know of the served model: its name (for the prompt's style and
+    the caller's summary) and its context window (for the prompt's budget)."""
+
+    name: str
+    max_context_tokens: int
+
+
 class Llm(Protocol):
-    async def max_context_tokens(self, timeout_s: float) -> int: ...
+    async def model_info(self, timeout_s: float) -> ModelInfo: ...
 
     async def count_tokens(self, messages: Sequence[Message], timeout_s: float) -> int: ...
 

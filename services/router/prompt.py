@@ -1,27 +1,100 @@
-"""The prompt a grounded answer is generated from: the system instruction, the retrieved context
-documents (numbered, with their source), and the conversation."""
+"""The prompt a grounded answer is generated from: an instruction to answer only from numbered
+sources and to say when they do not hold the answer, the sources themselves ([1], [2], ... with the
+document each came from), and the conversation. Where the sources go depends on the model family
+(`PromptStyle`); which sources the answer used is read back from its [n] markers (`cited_numbers`).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from services.router.ports import ContextChunk, Message
 
+SOURCES_HEADER = "Sources:"
+# Longer than the header, so a prompt counted without sources never undercounts one with them.
+NO_SOURCES = "Sources: none of the documents matched this question, so the documents do not say."
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How one model family takes a grounded prompt, read off its chat template."""
+
+    family: str
+    # Sources (and the reminder to cite them) in the last user turn, next to the question: small
+    # models follow what is close to the end of the prompt, and some templates (Gemma's) have no
+    # system role of their own, folding a system message into the first user turn anyway.
+    sources_in_user_turn: bool
+
+
+GENERIC = PromptStyle("generic", sources_in_user_turn=False)
+# Matched in order against the served model's name, lower-cased.
+STYLES: tuple[tuple[str, PromptStyle], ...] = (
+    ("smollm", PromptStyle("smollm", sources_in_user_turn=True)),
+    ("gemma", PromptStyle("gemma", sources_in_user_turn=True)),
+    ("qwen", PromptStyle("qwen", sources_in_user_turn=False)),
+    ("llama", PromptStyle("llama", sources_in_user_turn=False)),
+    ("mistral", PromptStyle("mistral", sources_in_user_turn=True)),  # no system role in v0.1-v0.3
+)
+
+
+def style_for(model_name: str, choice: str = "auto") -> PromptStyle:
+    """The family's style, or the operator's choice ("system" / "user") for a model not listed."""
+    if choice != "auto":
+        return PromptStyle(choice, sources_in_user_turn=choice == "user")
+    name = model_name.lower()
+    return next((style for key, style in STYLES if key in name), GENERIC)
+
 
 def context_entry(number: int, chunk: ContextChunk) -> str:
-    return f"[{number}] (document {chunk.document_id}, part {chunk.chunk_index + 1})\n{chunk.text.strip()}\n"
+    return f"[{number}] (from {chunk.document_id}, part {chunk.chunk_index + 1})\n{chunk.text.strip()}\n"
 
 
-def system_message(system_prompt: str, chunks: Sequence[ContextChunk]) -> Message:
+def sources_block(chunks: Sequence[ContextChunk]) -> str:
     if not chunks:
-        return Message("system", system_prompt)
+        return NO_SOURCES
     entries = "\n".join(context_entry(n, c) for n, c in enumerate(chunks, start=1))
-    return Message("system", f"{system_prompt}\n\nContext documents:\n\n{entries}")
+    return f"{SOURCES_HEADER}\n\n{entries}"
 
 
 def assemble(
-    system_prompt: str, conversation: Sequence[Message], chunks: Sequence[ContextChunk]
+    instruction: str,
+    conversation: Sequence[Message],
+    chunks: Sequence[ContextChunk],
+    style: PromptStyle = GENERIC,
+    grounded: bool = True,
 ) -> list[Message]:
-    """System message with the context, then the caller's conversation. A system message of the
-    caller's own is kept, after ours, so it can refine the instruction."""
-    return [system_message(system_prompt, chunks), *conversation]
+    """The messages for the LLM. `grounded` = the caller asked for retrieval: the instruction and
+    the sources (or the note that none matched) go in; otherwise the conversation is the prompt,
+    after the instruction alone. A system message of the caller's own is kept, after ours, so it
+    can refine the instruction."""
+    if not grounded:
+        return [Message("system", instruction), *conversation]
+    sources = sources_block(chunks)
+    if not style.sources_in_user_turn or not conversation:
+        return [Message("system", f"{instruction}\n\n{sources}"), *conversation]
+    *earlier, question = conversation
+    return [
+        Message("system", instruction),
+        *earlier,
+        Message(question.role, f"{sources}\n\nQuestion: {question.content}"),
+    ]
+
+
+# [1], [2, 3], [1][4], [2-4]; at most three digits so years and part numbers in brackets are not
+# read as sources (a number beyond the sources is ignored anyway).
+_MARKER = re.compile(r"\[(\d{1,3}(?:\s*(?:,|;|-|\u2013)\s*\d{1,3})*)\]")
+
+
+def cited_numbers(answer: str, sources: int) -> frozenset[int]:
+    """The source numbers (1..sources) the answer's [n] markers refer to."""
+    found: set[int] = set()
+    for marker in _MARKER.finditer(answer):
+        for part in re.split(r"\s*[,;]\s*", marker.group(1)):
+            ends = [int(n) for n in re.split(r"\s*[-\u2013]\s*", part)]
+            if len(ends) == 2 and ends[0] <= ends[1]:
+                found.update(range(ends[0], min(ends[1], sources) + 1))
+            else:
+                found.update(ends)
+    return frozenset(n for n in found if 1 <= n <= sources)

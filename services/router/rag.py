@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
@@ -37,7 +37,7 @@ from services.router.ports import (
     RailVerdict,
     Stage,
 )
-from services.router.prompt import assemble, context_entry
+from services.router.prompt import PromptStyle, assemble, cited_numbers, context_entry, style_for
 from services.router.retrieval import Retriever
 from services.router.settings import RouterSettings
 from services.router.stages import Degradation, Rails, StageRunner, blocked, verdict_for_caller
@@ -200,7 +200,8 @@ class ChatOrchestrator:
         )
         chunks = await self._retriever.checked(hits, deadline, degradation)
         max_new = request.sampling.max_tokens or self.settings.default_max_tokens  # validate() set it
-        messages, kept = await self._fit_prompt(conversation, chunks, max_new, deadline)
+        prompt = await self._fit_prompt(conversation, chunks, max_new, request.top_k > 0, deadline)
+        kept = prompt.sources
         trace.get_current_span().set_attributes(  # the request's span: no stage span is open here
             {
                 "forge.chunks_retrieved": len(hits),
@@ -208,20 +209,23 @@ class ChatOrchestrator:
                 "forge.chunks_kept": len(kept),
             }
         )
-        citations = tuple(Citation(c.document_id, c.chunk_index, c.score) for c in kept)
         grounding = grounding_for(request.messages, kept)
         stream = self._answer.stream(
-            messages, request.sampling, request.priority, deadline, degradation, grounding
+            prompt.messages, request.sampling, request.priority, deadline, degradation, grounding
         )
+        released: list[str] = []  # what the caller got, read for its [n] markers at the end
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, ChatEnd):
                     event = replace(
                         event,
-                        citations=citations,
+                        citations=_citations(kept, "".join(released)),
                         degraded=bool(degradation),
                         degraded_reasons=degradation.reasons,
+                        model=prompt.model,
                     )
+                else:
+                    released.append(event.text)
                 yield event
 
     async def _check_turns(
@@ -246,16 +250,24 @@ class ChatOrchestrator:
         conversation: list[Message],
         chunks: list[ContextChunk],
         max_new: int,
+        grounded: bool,
         deadline: Deadline,
-    ) -> tuple[list[Message], list[ContextChunk]]:
+    ) -> FittedPrompt:
         """The prompt within the LLM's context, leaving room for `max_new` tokens: one token count
         when everything fits; otherwise each chunk is counted and the lowest-scored ones are
-        dropped first."""
+        dropped first. Its shape follows the served model's family (`PromptStyle`)."""
         s = self.settings
         timeout = self._stages.timeout("counting prompt tokens", deadline)
 
-        async def fit() -> tuple[list[Message], list[ContextChunk]]:
-            max_context = await self._llm.max_context_tokens(timeout)
+        async def fit() -> FittedPrompt:
+            info = await self._llm.model_info(timeout)
+            max_context = info.max_context_tokens
+            style = style_for(info.name, s.prompt_style)
+            instruction = s.system_prompt if grounded else s.plain_system_prompt
+
+            def build(sources: Sequence[ContextChunk]) -> list[Message]:
+                return assemble(instruction, conversation, sources, style, grounded)
+
             try:
                 budget = context_budget(max_context, max_new)
             except ValueError as exc:
@@ -263,15 +275,22 @@ class ChatOrchestrator:
                     "params.max_tokens", f"must leave room for the prompt in the model's {max_context} tokens"
                 ) from exc
             span = trace.get_current_span()  # router.prompt
-            span.set_attributes({"forge.context_tokens": max_context, "forge.prompt_budget_tokens": budget})
-            full = assemble(s.system_prompt, conversation, chunks)
+            span.set_attributes(
+                {
+                    "forge.context_tokens": max_context,
+                    "forge.prompt_budget_tokens": budget,
+                    "forge.model": info.name,
+                    "forge.prompt_style": style.family,
+                }
+            )
+            full = build(chunks)
             total = await self._llm.count_tokens(full, timeout)
             if total <= budget or not chunks:
                 span.set_attribute("forge.prompt_tokens", total)
                 _check_fits(total, budget, max_context, max_new)
-                return full, chunks
+                return FittedPrompt(full, chunks, info.name, style)
             base, *sizes = await asyncio.gather(
-                self._llm.count_tokens(assemble(s.system_prompt, conversation, []), timeout),
+                self._llm.count_tokens(build([]), timeout),
                 *(self._llm.count_text_tokens(context_entry(n, c), timeout) for n, c in enumerate(chunks, 1)),
             )
             plan = fit_chunks(
@@ -281,19 +300,37 @@ class ChatOrchestrator:
             _check_fits(base, budget, max_context, max_new)
             kept = [c.key for c in plan.kept]
             metrics.CHUNKS_DROPPED.inc(len(plan.dropped))
-            return assemble(s.system_prompt, conversation, kept), kept
+            return FittedPrompt(build(kept), kept, info.name, style)
 
         return await self._stages.run(
             "prompt",
             fit(),
             {"forge.chunks_offered": len(chunks)},
-            lambda fitted: {"forge.chunks_kept": len(fitted[1])},
+            lambda fitted: {"forge.chunks_kept": len(fitted.sources)},
         )
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    messages: list[Message]
+    sources: list[ContextChunk]  # numbered [1], [2], ... in this order
+    model: str
+    style: PromptStyle
+
+
+def _citations(sources: Sequence[ContextChunk], answer: str) -> tuple[Citation, ...]:
+    """Every source the prompt held, by its number, marked cited when the answer refers to it."""
+    cited = cited_numbers(answer, len(sources))
+    return tuple(
+        Citation(c.document_id, c.chunk_index, c.score, number=n, cited=n in cited)
+        for n, c in enumerate(sources, start=1)
+    )
 
 
 def _end_attributes(end: ChatEnd) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {
         "forge.chunks_cited": len(end.citations),
+        "forge.sources_cited": sum(c.cited for c in end.citations),
         "forge.prompt_tokens": end.prompt_tokens,
         "forge.completion_tokens": end.completion_tokens,
         "forge.finish_reason": end.finish_reason.value,

@@ -73,10 +73,19 @@ class RouterSettings(BaseSettings):
     # All messages together: with the context documents the prompt stays within what the LLM
     # service accepts (its max_input_chars, 65536 by default), so the caller hears the limit.
     max_conversation_chars: Annotated[int, Field(ge=1)] = 16384
+    # The instruction of a grounded chat (retrieval on); the numbered sources follow it, in the
+    # system message or the question's turn depending on the model family (services/router/prompt.py).
     system_prompt: str = (
-        "You are a helpful assistant. Answer the question using the context documents when they are "
-        "relevant, and say so when they do not contain the answer."
+        "You answer questions using only the numbered sources you are given. Keep the answer short "
+        "and copy names, numbers and part numbers exactly as the sources write them. After each "
+        "fact, write the number of its source in brackets, like [1]. If the sources do not contain "
+        "the answer, say that the documents do not say, and do not guess."
     )
+    # The instruction of a chat without retrieval (disable_retrieval).
+    plain_system_prompt: str = "You are a helpful assistant."
+    # Where the numbered sources go: auto = by the served model's family (services/router/prompt.py);
+    # system = in the system message; user = in the question's turn (templates without a system role).
+    prompt_style: Literal["auto", "system", "user"] = "auto"
     # Output rail: text is released in segments ending at a sentence or line break; a segment is
     # cut at this many characters when no break comes.
     output_segment_chars: Annotated[int, Field(ge=16)] = 320

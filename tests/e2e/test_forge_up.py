@@ -190,7 +190,7 @@ async def test_forge_up_serves_restarts_and_stops(
     for question, answer in zip(everyday, answers, strict=True):
         # forge_cli asserted the exit status; the answer is followed by its sources and usage.
         assert re.search(r"^\[1\] (README\.md|operations\.md) \(part \d+", answer, re.M), (question, answer)
-        assert re.search(r"\(\d+ prompt \+ [1-9]\d* answer tokens", answer), (question, answer)
+        assert re.search(r"\(model \S+; \d+ prompt \+ [1-9]\d* answer tokens", answer), (question, answer)
         assert "[blocked]" not in answer and "[degraded]" not in answer, (question, answer)
 
     # Ingest their own files, ask about them, get the answer with its source.

@@ -125,6 +125,11 @@ def problems_with(question: str, cited_from: tuple[str, ...], outcome: Outcome |
         found.append(f"{question!r}: cites documents outside the corpus: {cited - set(CORPUS)}")
     if cited_from and not cited & set(cited_from):
         found.append(f"{question!r}: cites {sorted(cited)}, none of {list(cited_from)}")
+    numbers = [c.number for c in summary.citations]
+    if numbers != list(range(1, len(numbers) + 1)):
+        found.append(f"{question!r}: sources numbered {numbers}, not 1 to {len(numbers)} as in the prompt")
+    if not summary.model:
+        found.append(f"{question!r}: the summary does not name the model that answered")
     return found
 
 

@@ -18,6 +18,16 @@ def test_plan_prints_slices_in_bytes() -> None:
     assert "llama_cpp" in out and "max 10" in out and "buffer" in out
 
 
+def test_plan_shows_the_profiles_model_against_the_llm_slice() -> None:
+    code, out = run("plan", "--sku", "tesla_p40")
+    assert code == 0
+    assert "model        Qwen2.5-7B-Instruct (q4_k_m, llama_cpp, Apache-2.0)" in out
+    assert "10 sessions x 4096 tokens x 56 KiB" in out
+    assert "6.55 GiB  of the llm slice's 20.40 GiB: fits" in out
+    code, out = run("plan", "--sku", "cpu")
+    assert "SmolLM2-135M-Instruct" in out and "of CPU memory" in out
+
+
 def test_plan_defaults_to_the_selected_profile() -> None:
     code, out = run("--profile", "rtx_pro_4000", "plan")
     assert code == 0 and "rtx_pro_4000" in out and "max 8" in out

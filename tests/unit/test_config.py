@@ -135,3 +135,25 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "v2.yaml").write_text(yaml.safe_dump({"version": 2, "profiles": {}}))
     with pytest.raises(ConfigError, match="version: Input should be 1"):
         load_profiles(tmp_path / "v2.yaml")
+
+
+def test_every_shipped_profile_names_a_model_that_fits_its_llm_slice() -> None:
+    for name, profile in load_profiles(SHIPPED).items():
+        assert profile.model is not None, name
+        need = profile.model.need_bytes(profile.admission.max_sessions)
+        if profile.slices.llm > 0:
+            assert need <= profile.slice_bytes("llm"), name
+    p40 = load_profile("tesla_p40", SHIPPED, environ={})
+    assert p40.model is not None and p40.model.quantization == "q4_k_m" and p40.llm_engine == "llama_cpp"
+
+
+def test_a_model_too_big_for_the_slice_or_the_sessions_is_refused(tmp_path: Path) -> None:
+    model = {"name": "Big-70B", "quantization": "fp8", "weights_gib": 15, "kv_kib_per_token": 320}
+    # 24 GiB x 0.7 = 16.8 GiB: 15 GiB of weights + 4 x 4096 tokens x 320 KiB (5 GiB) do not fit.
+    with pytest.raises(ConfigError, match=r"model Big-70B needs 20.0 GiB .* the llm slice is 16.8 GiB"):
+        load_profiles(write_profiles(tmp_path, {"t": good_profile(model=model)}))
+    fits = load_profiles(write_profiles(tmp_path, {"t": good_profile(model={**model, "weights_gib": 10})}))
+    assert fits["t"].model is not None and fits["t"].model.kv_bytes(4) == 5 * GIB
+    # More sessions than the memory holds, asked for from the environment, is refused too.
+    with pytest.raises(ConfigError, match=r"model Qwen2\.5-32B-Instruct-AWQ needs"):
+        load_profile("h100", SHIPPED, environ={"FORGE_PROFILE__ADMISSION__MAX_SESSIONS": "64"})

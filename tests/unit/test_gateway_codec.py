@@ -90,7 +90,8 @@ def test_integers_beyond_the_wire_type_are_refused_before_the_router() -> None:
 
 def summary(**fields: object) -> router_pb2.ChatSummary:
     return router_pb2.ChatSummary(
-        citations=[router_pb2.Citation(document_id="a.md", chunk_index=2, score=0.5)],
+        citations=[router_pb2.Citation(document_id="a.md", chunk_index=2, score=0.5, number=1, cited=True)],
+        model="smollm2-135m-instruct",
         usage=common_pb2.Usage(prompt_tokens=10, completion_tokens=5),
         trace_id="ab" * 16,
         finish_reason=common_pb2.FINISH_REASON_LENGTH,
@@ -107,7 +108,10 @@ def test_completion_has_openai_fields_and_forge_extras() -> None:
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     forge = answer["forge"]
-    assert forge["citations"] == [{"document_id": "a.md", "chunk_index": 2, "score": 0.5}]
+    assert forge["citations"] == [
+        {"number": 1, "document_id": "a.md", "chunk_index": 2, "score": 0.5, "cited": True}
+    ]
+    assert forge["model"] == "smollm2-135m-instruct"
     assert forge["degraded"] is True and forge["degraded_reasons"] == ["retrieval"]
     assert forge["verdict"] is None and forge["trace_id"] == "ab" * 16
 

@@ -11,7 +11,15 @@ import pytest
 
 from services.common.errors import ResourceExhausted, Unavailable
 from services.router.clients.llm_pool import LlmPool, parse_addresses
-from services.router.ports import FinishReason, Generated, GenerateRequest, Message, Priority, Sampling
+from services.router.ports import (
+    FinishReason,
+    Generated,
+    GenerateRequest,
+    Message,
+    ModelInfo,
+    Priority,
+    Sampling,
+)
 
 
 @dataclass
@@ -47,8 +55,8 @@ class FakeReplica:
     async def count_text_tokens(self, text: str, timeout_s: float) -> int:
         return await self.count_tokens([], timeout_s)
 
-    async def max_context_tokens(self, timeout_s: float) -> int:
-        return 2048
+    async def model_info(self, timeout_s: float) -> ModelInfo:
+        return ModelInfo("scripted-model", 2048)
 
 
 @dataclass

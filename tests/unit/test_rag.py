@@ -28,6 +28,7 @@ from services.router.ports import (
     IndexTimeout,
     IndexUnavailable,
     Message,
+    ModelInfo,
     RailFinding,
     RailVerdict,
     Sampling,
@@ -99,12 +100,13 @@ class FakeLlm:
 
     answer: list[str] = field(default_factory=lambda: ["Hello", " there."])
     max_context: int = 2048
+    model: str = "fake-model"
     prompts: list[list[Message]] = field(default_factory=list)
     requests: list[GenerateRequest] = field(default_factory=list)
     closed: bool = False
 
-    async def max_context_tokens(self, timeout_s: float) -> int:
-        return self.max_context
+    async def model_info(self, timeout_s: float) -> ModelInfo:
+        return ModelInfo(self.model, self.max_context)
 
     async def count_tokens(self, messages: Sequence[Message], timeout_s: float) -> int:
         return sum(len(m.content.split()) for m in messages)
@@ -345,3 +347,33 @@ async def test_search_input_is_checked(query: str, collection: str, top_k: int, 
     with pytest.raises(InvalidArgument) as err:
         await router().search.search("t", query, collection, top_k, Deadline(10))
     assert err.value.field == field
+
+
+async def test_citations_are_numbered_as_in_the_prompt_and_marked_when_the_answer_cites_them() -> None:
+    store = FakeIndex(
+        [hit("pump.md", 0.9, "Seal kit PN 7741-B."), hit("fern.md", 0.6, "Orchids on Tuesday.")]
+    )
+    llm = FakeLlm(["The seal kit is PN 7741-B ", "[1]."], model="smollm2-135m-instruct")
+    text, end = await run(orchestrator(store=store, llm=llm))
+    assert text.endswith("[1].")
+    assert [(c.number, c.document_id, c.cited) for c in end.citations] == [
+        (1, "pump.md", True),
+        (2, "fern.md", False),
+    ]
+    assert end.model == "smollm2-135m-instruct"
+    # SmolLM's style: the numbered sources sit in the question's turn.
+    prompt = llm.prompts[0]
+    assert prompt[0].role == "system" and "pump.md" not in prompt[0].content
+    assert "[1] (from pump.md, part 1)" in prompt[-1].content
+    assert prompt[-1].content.endswith("Question: Where is it?")
+
+
+async def test_a_chat_without_retrieval_gets_the_plain_instruction_and_no_sources() -> None:
+    store = FakeIndex([hit("pump.md", 0.9, "Seal kit PN 7741-B.")])
+    llm = FakeLlm()
+    _, end = await run(orchestrator(store=store, llm=llm), disable_retrieval=True)
+    assert end.citations == () and end.model == "fake-model"
+    assert llm.prompts[0] == [
+        Message("system", "You are a helpful assistant."),
+        Message("user", "Where is it?"),
+    ]

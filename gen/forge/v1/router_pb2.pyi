@@ -94,19 +94,27 @@ class Citation(_message.Message):
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    CITED_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     chunk_index: _builtins.int
     score: _builtins.float
+    number: _builtins.int
+    """The source's number in the prompt: the answer refers to it as [number]."""
+    cited: _builtins.bool
+    """The answer carries an [number] marker for this source."""
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
         chunk_index: _builtins.int = ...,
         score: _builtins.float = ...,
+        number: _builtins.int = ...,
+        cited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "document_id", b"document_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "cited", b"cited", "document_id", b"document_id", "number", b"number", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,10 +171,13 @@ class ChatSummary(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     trace_id: _builtins.str
     degraded: _builtins.bool
     """Retrieval (or a fail-open rail) failed and the answer was given without it."""
     finish_reason: _common_pb2.FinishReason.ValueType
+    model: _builtins.str
+    """The model that wrote the answer (the LLM service's served model name)."""
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
     @_builtins.property
@@ -189,10 +200,11 @@ class ChatSummary(_message.Message):
         verdict: Global___Verdict | None = ...,
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         degraded_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "finish_reason", b"finish_reason", "trace_id", b"trace_id", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "finish_reason", b"finish_reason", "model", b"model", "trace_id", b"trace_id", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

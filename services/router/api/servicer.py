@@ -87,7 +87,13 @@ def _priority(value: common_pb2.Priority.ValueType) -> Priority:
 def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
     summary = router_pb2.ChatSummary(
         citations=[
-            router_pb2.Citation(document_id=c.document_id, chunk_index=c.chunk_index, score=c.score)
+            router_pb2.Citation(
+                document_id=c.document_id,
+                chunk_index=c.chunk_index,
+                score=c.score,
+                number=c.number,
+                cited=c.cited,
+            )
             for c in end.citations
         ],
         usage=common_pb2.Usage(prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens),
@@ -95,6 +101,7 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
         degraded=end.degraded,
         finish_reason=FINISH_TO_PB[end.finish_reason],
         degraded_reasons=end.degraded_reasons,
+        model=end.model,
     )
     if end.verdict is not None:
         v = end.verdict

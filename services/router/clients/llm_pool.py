@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.router.ports import Generated, GenerateRequest, Llm, Message
+from services.router.ports import Generated, GenerateRequest, Llm, Message, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,9 @@ class LlmPool(Generic[C]):
             self._succeeded(replica)
             return result
 
-    async def max_context_tokens(self, timeout_s: float) -> int:
-        return await self._any(lambda c: c.max_context_tokens(timeout_s))
+    async def model_info(self, timeout_s: float) -> ModelInfo:
+        # The replicas of one pool serve the same model (one Deployment): any one answers.
+        return await self._any(lambda c: c.model_info(timeout_s))
 
     async def count_tokens(self, messages: Sequence[Message], timeout_s: float) -> int:
         return await self._any(lambda c: c.count_tokens(messages, timeout_s))

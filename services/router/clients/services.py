@@ -42,6 +42,7 @@ from services.router.ports import (
     GenerateRequest,
     Grounding,
     Message,
+    ModelInfo,
     RailFinding,
     RailVerdict,
     Stage,
@@ -160,7 +161,7 @@ class GrpcLlm:
 
     def __init__(self, channel: aio.Channel, idle_timeout_s: float = 30.0) -> None:
         self._stub = llm_pb2_grpc.LlmServiceStub(channel)
-        self._max_context: int | None = None
+        self._info: ModelInfo | None = None
         self._idle_timeout_s = idle_timeout_s
 
     def _idle(self) -> Unavailable:
@@ -169,14 +170,14 @@ class GrpcLlm:
             self.dependency, f"no token for {self._idle_timeout_s:g}s; the generation was aborted"
         )
 
-    async def max_context_tokens(self, timeout_s: float) -> int:
-        if self._max_context is None:  # a property of the loaded model: ask once
+    async def model_info(self, timeout_s: float) -> ModelInfo:
+        if self._info is None:  # a property of the loaded model: ask once
             try:
                 info = await self._stub.GetModelInfo(llm_pb2.GetModelInfoRequest(), timeout=timeout_s)
             except aio.AioRpcError as err:
                 raise domain_error(self.dependency, err, timeout_s) from err
-            self._max_context = int(info.max_context_tokens)
-        return self._max_context
+            self._info = ModelInfo(info.model, int(info.max_context_tokens))
+        return self._info
 
     async def _tokenize(self, request: llm_pb2.TokenizeRequest, timeout_s: float) -> int:
         try:
