@@ -15,7 +15,11 @@ MAX_CHARS = 262_144
 def grounding_for(messages: Sequence[Message], chunks: Sequence[ContextChunk]) -> list[Grounding]:
     """Chunks first (best first, as the prompt holds them), then the caller's messages, latest
     first; whatever does not fit the limits is left out (its entities are then redacted)."""
-    candidates = [Grounding(f"chunk {c.document_id}#{c.chunk_index}", c.text) for c in chunks]
+    # The document id too: the prompt names each source by it, and an answer that repeats it
+    # ("see runbook.md") must not have it redacted as a URL.
+    candidates = [
+        Grounding(f"chunk {c.document_id}#{c.chunk_index}", f"{c.document_id}\n{c.text}") for c in chunks
+    ]
     candidates += [Grounding(f"message {i}", m.content) for i, m in reversed(list(enumerate(messages)))]
     grounding: list[Grounding] = []
     total = 0

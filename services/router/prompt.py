@@ -22,16 +22,17 @@ class PromptStyle:
     """How one model family takes a grounded prompt, read off its chat template."""
 
     family: str
-    # Sources (and the reminder to cite them) in the last user turn, next to the question: small
-    # models follow what is close to the end of the prompt, and some templates (Gemma's) have no
-    # system role of their own, folding a system message into the first user turn anyway.
+    # Sources in the last user turn, before the question: for templates with no system role of
+    # their own (Gemma's, Mistral's), which fold or refuse a system message. SmolLM2 has one, and
+    # answered as well with the sources there (7 of 24 eval facts either way) but echoed the
+    # "Question:" line back when they sat in its turn.
     sources_in_user_turn: bool
 
 
 GENERIC = PromptStyle("generic", sources_in_user_turn=False)
 # Matched in order against the served model's name, lower-cased.
 STYLES: tuple[tuple[str, PromptStyle], ...] = (
-    ("smollm", PromptStyle("smollm", sources_in_user_turn=True)),
+    ("smollm", PromptStyle("smollm", sources_in_user_turn=False)),
     ("gemma", PromptStyle("gemma", sources_in_user_turn=True)),
     ("qwen", PromptStyle("qwen", sources_in_user_turn=False)),
     ("llama", PromptStyle("llama", sources_in_user_turn=False)),

@@ -101,7 +101,13 @@ class ChatOrchestrator:
             if request.disable_retrieval
             else validation.top_k(request.top_k, s.default_top_k, s.max_top_k),
             sampling=replace(
-                request.sampling, max_tokens=request.sampling.max_tokens or s.default_max_tokens
+                request.sampling,
+                max_tokens=request.sampling.max_tokens or s.default_max_tokens,
+                temperature=(
+                    s.default_temperature
+                    if request.sampling.temperature is None
+                    else request.sampling.temperature
+                ),
             ),
         )
 

@@ -68,6 +68,10 @@ class RouterSettings(BaseSettings):
 
     # Generation defaults and limits.
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Temperature of a chat that does not set one: greedy, so the same question over the same
+    # documents gets the same answer, copied from its sources (the engines' own default is 1.0,
+    # which made the answer eval's small models ramble and invent; bench/answer_eval.py).
+    default_temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     max_messages: Annotated[int, Field(ge=1)] = 64
     max_message_chars: Annotated[int, Field(ge=1)] = 16384
     # All messages together: with the context documents the prompt stays within what the LLM

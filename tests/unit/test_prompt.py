@@ -22,8 +22,10 @@ QUESTION = Message("user", "Which seal kit does the pump take?")
 
 
 def test_the_style_follows_the_served_model_family() -> None:
-    assert style_for("smollm2-135m-instruct").sources_in_user_turn
+    assert not style_for("smollm2-135m-instruct").sources_in_user_turn
     assert style_for("gemma-3-270m-q4_k_m.gguf").family == "gemma"
+    assert style_for("gemma-3-270m-q4_k_m.gguf").sources_in_user_turn
+    assert style_for("smollm2-135m-instruct", "user").sources_in_user_turn, "the operator's choice wins"
     assert style_for("Qwen2.5-7B-Instruct").family == "qwen"
     assert style_for("something-else") is GENERIC and not GENERIC.sources_in_user_turn
 
@@ -37,9 +39,9 @@ def test_sources_are_numbered_with_their_document_in_the_system_message() -> Non
     assert messages[1:] == [QUESTION]
 
 
-def test_a_small_model_gets_the_sources_next_to_the_question() -> None:
+def test_a_template_without_a_system_role_gets_the_sources_next_to_the_question() -> None:
     earlier = [Message("user", "Hi"), Message("assistant", "Hello.")]
-    messages = assemble("Answer.", [*earlier, QUESTION], CHUNKS, style_for("smollm2-135m-instruct"))
+    messages = assemble("Answer.", [*earlier, QUESTION], CHUNKS, style_for("gemma-3-1b-it"))
     assert messages[0] == Message("system", "Answer.")
     assert messages[1:3] == earlier, "earlier turns are kept as they were"
     last = messages[-1]

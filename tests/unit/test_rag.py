@@ -14,6 +14,7 @@ from services.common.config import AdmissionConfig
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.router.admission import AdmissionController
 from services.router.deadline import Deadline
+from services.router.grounding import grounding_for
 from services.router.ports import (
     ChatDelta,
     ChatEnd,
@@ -353,15 +354,15 @@ async def test_citations_are_numbered_as_in_the_prompt_and_marked_when_the_answe
     store = FakeIndex(
         [hit("pump.md", 0.9, "Seal kit PN 7741-B."), hit("fern.md", 0.6, "Orchids on Tuesday.")]
     )
-    llm = FakeLlm(["The seal kit is PN 7741-B ", "[1]."], model="smollm2-135m-instruct")
+    llm = FakeLlm(["The seal kit is PN 7741-B ", "[1]."], model="gemma-3-1b-it")
     text, end = await run(orchestrator(store=store, llm=llm))
     assert text.endswith("[1].")
     assert [(c.number, c.document_id, c.cited) for c in end.citations] == [
         (1, "pump.md", True),
         (2, "fern.md", False),
     ]
-    assert end.model == "smollm2-135m-instruct"
-    # SmolLM's style: the numbered sources sit in the question's turn.
+    assert end.model == "gemma-3-1b-it"
+    # Gemma's style (no system role in its template): the numbered sources sit in the question's turn.
     prompt = llm.prompts[0]
     assert prompt[0].role == "system" and "pump.md" not in prompt[0].content
     assert "[1] (from pump.md, part 1)" in prompt[-1].content
@@ -377,3 +378,16 @@ async def test_a_chat_without_retrieval_gets_the_plain_instruction_and_no_source
         Message("system", "You are a helpful assistant."),
         Message("user", "Where is it?"),
     ]
+
+
+async def test_a_chat_without_a_temperature_is_greedy_and_one_with_it_keeps_it() -> None:
+    llm = FakeLlm()
+    await run(orchestrator(llm=llm))
+    await run(orchestrator(llm=llm), sampling=Sampling(temperature=0.7))
+    assert [r.sampling.temperature for r in llm.requests] == [0.0, 0.7]
+
+
+def test_the_output_rail_may_keep_a_source_document_id_the_answer_repeats() -> None:
+    chunk = hit("chiller_runbook.md", 0.9, "Oil filter PN 7741-B.")
+    grounding = grounding_for([Message("user", "Which filter?")], [chunk])
+    assert "chiller_runbook.md" in grounding[0].text and "7741-B" in grounding[0].text
