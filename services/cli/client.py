@@ -101,7 +101,6 @@ def ask(
                 collection=collection,
                 top_k=top_k,
                 max_tokens=max_tokens,
-                temperature=0.0,
                 timeout=timeout_s,
             ) as stream,
         ):

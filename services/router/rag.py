@@ -37,7 +37,7 @@ from services.router.ports import (
     RailVerdict,
     Stage,
 )
-from services.router.prompt import PromptStyle, assemble, cited_numbers, context_entry, style_for
+from services.router.prompt import assemble, cited_numbers, context_entry, style_for
 from services.router.retrieval import Retriever
 from services.router.settings import RouterSettings
 from services.router.stages import Degradation, Rails, StageRunner, blocked, verdict_for_caller
@@ -294,7 +294,7 @@ class ChatOrchestrator:
             if total <= budget or not chunks:
                 span.set_attribute("forge.prompt_tokens", total)
                 _check_fits(total, budget, max_context, max_new)
-                return FittedPrompt(full, chunks, info.name, style)
+                return FittedPrompt(full, chunks, info.name)
             base, *sizes = await asyncio.gather(
                 self._llm.count_tokens(build([]), timeout),
                 *(self._llm.count_text_tokens(context_entry(n, c), timeout) for n, c in enumerate(chunks, 1)),
@@ -306,7 +306,7 @@ class ChatOrchestrator:
             _check_fits(base, budget, max_context, max_new)
             kept = [c.key for c in plan.kept]
             metrics.CHUNKS_DROPPED.inc(len(plan.dropped))
-            return FittedPrompt(build(kept), kept, info.name, style)
+            return FittedPrompt(build(kept), kept, info.name)
 
         return await self._stages.run(
             "prompt",
@@ -320,8 +320,7 @@ class ChatOrchestrator:
 class FittedPrompt:
     messages: list[Message]
     sources: list[ContextChunk]  # numbered [1], [2], ... in this order
-    model: str
-    style: PromptStyle
+    model: str  # the served model's name, for the summary
 
 
 def _citations(sources: Sequence[ContextChunk], answer: str) -> tuple[Citation, ...]:
