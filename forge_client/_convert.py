@@ -140,6 +140,10 @@ def capacity(r: router_pb2.GetCapacityResponse) -> Capacity:
         admitted_total=r.admitted_total,
         rejected_total=dict(r.rejected_total),
         tenants=tuple(TenantUsage(t.tenant, t.active_sessions, t.max_sessions) for t in r.tenants),
+        admission_mode=r.admission_mode or "in_process",
+        replica_id=r.replica_id,
+        replica_active_sessions=r.replica_active_sessions,
+        replicas=r.replicas or 1,
     )
 
 

@@ -180,7 +180,13 @@ class Capacity:
     queued_requests: int
     admitted_total: int
     rejected_total: Mapping[str, int] = field(default_factory=dict)
-    tenants: tuple[TenantUsage, ...] = ()
+    tenants: tuple[TenantUsage, ...] = ()  # tenants with sessions on the replica that answered
+    # "in_process" (one router), "shared" (replicas share the limit through Redis: max/active are
+    # global) or "shared_fallback" (Redis unavailable: this replica's share and its own sessions).
+    admission_mode: str = "in_process"
+    replica_id: str = ""
+    replica_active_sessions: int = 0
+    replicas: int = 1
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,18 @@ What it writes (every file starts with a "generated" header; edit the profile, n
   deploy/docker-compose.cpu.yaml         profile cpu: the stack of deploy/docker-compose.yaml with
                                          no GPU anywhere (standalone, not an override), `cpuset`s
                                          as above
-  deploy/k8s/overlays/<sku>/kustomization.yaml   every profile
+  deploy/k8s/overlays/<sku>/kustomization.yaml   every profile; also the routers' shared admission
+                                         (ConfigMap forge-admission): the limit of all routers
+                                         together = the LLM replicas' capacity (the profile's
+                                         max_sessions, what one LLM's slice holds, x forge-llm's
+                                         replicas in the base) and how many routers share it
+                                         (forge-router's replicas in the base)
 
 Every Forge service gets FORGE_PROFILE=<sku> and the profile's slices, buffer and admission
 settings as explicit FORGE_PROFILE__* variables (tests/deploy checks the rendered values against
-the profile). tests/deploy/test_render.py fails when a committed file is out of step.
+the profile), and the LLM FORGE_LLM_MAX_NUM_SEQS = max_sessions, so that one LLM takes every
+session the profile sizes its slice for. tests/deploy/test_render.py fails when a committed file
+is out of step.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ COMPOSE_BASE = DEPLOY / "docker-compose.yaml"
 COMPOSE_CPU = DEPLOY / "docker-compose.cpu.yaml"
 COMPOSE_DIR = DEPLOY / "compose"
 OVERLAYS_DIR = DEPLOY / "k8s" / "overlays"
+K8S_BASE = DEPLOY / "k8s" / "base"
+# The router's ConfigMap of shared-admission settings (deploy/k8s/base/kustomization.yaml).
+ADMISSION_CONFIG_MAP = "forge-admission"
 
 # Every service `forge up` starts (tests/deploy checks this against the CLI's list).
 FORGE_SERVICES = ("llm", "embed", "guardrails", "router", "gateway")
@@ -126,6 +136,31 @@ def profile_env(name: str, raw: dict[str, Any], isolation: str | None = None) ->
     return env
 
 
+def llm_env(raw: dict[str, Any]) -> dict[str, str]:
+    """The LLM's own hard concurrency limit = the sessions the profile sizes its slice for (the
+    engine's default, 16, would refuse the 17th of a profile's 32 sessions with LLM_CAPACITY)."""
+    return {"FORGE_LLM_MAX_NUM_SEQS": _text(raw["admission"]["max_sessions"])}
+
+
+def base_replicas(component: str) -> int:
+    """spec.replicas of the Deployment forge-<component> in deploy/k8s/base/<component>.yaml."""
+    for doc in yaml.safe_load_all((K8S_BASE / f"{component}.yaml").read_text()):
+        if doc and doc.get("kind") == "Deployment":
+            return int(doc["spec"]["replicas"])
+    raise ValueError(f"no Deployment in {K8S_BASE / component}.yaml")
+
+
+def admission_env(profile: SkuProfile) -> dict[str, str]:
+    """The routers' shared admission on Kubernetes: how many routers share the limit, and the limit
+    of all of them together, the LLM replicas' capacity (the profile's max_sessions is what ONE
+    LLM's slice holds: every pod validates it against that slice)."""
+    llm_replicas = base_replicas("llm")
+    return {
+        "FORGE_ROUTER_ADMISSION_REPLICAS": str(base_replicas("router")),
+        "FORGE_ROUTER_ADMISSION_MAX_SESSIONS": str(profile.admission.max_sessions * llm_replicas),
+    }
+
+
 def mps_profile(name: str, raw: dict[str, Any]) -> SkuProfile | None:
     """The profile with isolation mps, or None where the profile validation refuses it."""
     if not raw.get("device", {}).get("memory_gib"):
@@ -158,7 +193,7 @@ def compose_override(name: str, profile: SkuProfile, raw: dict[str, Any], versio
         entry: dict[str, Any] = {
             "image": COMPOSE_IMAGE % (version, target),
             "build": _build(target),
-            "environment": dict(env),
+            "environment": dict(env) | (llm_env(raw) if service == "llm" else {}),
         }
         # The base gives the LLM the GPU (and the router NVML); embed and guardrails get it only
         # when the profile gives them a slice.
@@ -226,6 +261,8 @@ def compose_cpu(profile: SkuProfile, raw: dict[str, Any], version: str) -> dict[
         entry.pop("pid", None)
         entry["environment"].pop("NVIDIA_DRIVER_CAPABILITIES", None)
         entry["environment"].update(env)
+        if service == "llm":
+            entry["environment"].update(llm_env(raw))
         if (cpuset := compose_cpuset(profile, service)) is not None:
             entry["cpuset"] = cpuset
     stack["services"][INIT_SERVICE]["image"] = COMPOSE_IMAGE % (version, "cpu")
@@ -238,12 +275,17 @@ def k8s_overlay(name: str, profile: SkuProfile, raw: dict[str, Any], version: st
     # More than one Forge pod on a node's GPU needs the device plugin to share it: time-slicing
     # (deploy/k8s/device-plugin); the software slices still hold memory.
     isolation = "time_slicing" if len(on_gpu) > 1 else None
-    literals = [f"{key}={value}" for key, value in profile_env(name, raw, isolation).items()]
+    env = profile_env(name, raw, isolation) | llm_env(raw)  # forge-config: every pod's environment
+    literals = [f"{key}={value}" for key, value in env.items()]
+    admission = [f"{key}={value}" for key, value in admission_env(profile).items()]
     overlay: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": ["../../base"],
-        "configMapGenerator": [{"name": "forge-config", "behavior": "merge", "literals": literals}],
+        "configMapGenerator": [
+            {"name": "forge-config", "behavior": "merge", "literals": literals},
+            {"name": ADMISSION_CONFIG_MAP, "behavior": "merge", "literals": admission},
+        ],
         "images": [{"name": IMAGE_NAME, "newTag": f"{version}-{image_target(profile)}"}],
     }
     cpu_only = [s for s in GPU_SERVICES if s not in on_gpu]
@@ -295,6 +337,15 @@ def _describe(profile: SkuProfile) -> str:
         f"# {profile.device.name}, {profile.device.memory_gib:g} GiB; slices {parts or 'none (CPU)'}; "
         f"buffer {profile.buffer:.2f}; max_sessions {profile.admission.max_sessions}.\n"
         + _describe_cpu_sets(profile)
+    )
+
+
+def _describe_admission(profile: SkuProfile) -> str:
+    env = admission_env(profile)
+    return (
+        f"# Admission: {env['FORGE_ROUTER_ADMISSION_REPLICAS']} routers share "
+        f"{env['FORGE_ROUTER_ADMISSION_MAX_SESSIONS']} sessions through Redis (max_sessions "
+        f"{profile.admission.max_sessions} x {base_replicas('llm')} LLM replicas).\n"
     )
 
 
@@ -354,7 +405,7 @@ def render() -> dict[Path, str]:
                 "#   docker compose -f deploy/docker-compose.cpu.yaml up -d\n"
             )
             files[COMPOSE_CPU] = head + usage + dump(compose_cpu(profile, raw[name], version))
-        usage = f"#   kubectl apply -k deploy/k8s/overlays/{name}\n"
+        usage = _describe_admission(profile) + f"#   kubectl apply -k deploy/k8s/overlays/{name}\n"
         if profile.cpu_sets.enabled:
             usage += K8S_CPU_GUIDANCE.format(host=profile.cpu_sets.host_cpus, requests=_cpu_requests(profile))
         files[OVERLAYS_DIR / name / "kustomization.yaml"] = (

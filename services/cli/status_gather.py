@@ -87,6 +87,10 @@ class Capacity:
     admitted_total: int
     rejected_total: Mapping[str, int]
     tenants: tuple[TenantSessions, ...] = ()
+    admission_mode: str = "in_process"
+    replica_id: str = ""
+    replica_active_sessions: int = 0
+    replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,10 @@ def capacity_of(reply: router_pb2.GetCapacityResponse) -> Capacity:
         admitted_total=reply.admitted_total,
         rejected_total=dict(sorted(reply.rejected_total.items())),
         tenants=tuple(TenantSessions(t.tenant, t.active_sessions, t.max_sessions) for t in reply.tenants),
+        admission_mode=reply.admission_mode or "in_process",
+        replica_id=reply.replica_id,
+        replica_active_sessions=reply.replica_active_sessions,
+        replicas=reply.replicas or 1,
     )
 
 

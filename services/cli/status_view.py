@@ -78,6 +78,18 @@ def admission_lines(capacity: Capacity | None, error: str) -> Text:
         f"{capacity.profile}); {queue}; admitted {capacity.admitted_total}",
         f"Rejected: {rejected}",
     ]
+    if capacity.admission_mode == "shared":
+        lines.insert(
+            1,
+            f"Shared through Redis by {capacity.replicas} router replicas; this one "
+            f"({capacity.replica_id}) runs {capacity.replica_active_sessions}",
+        )
+    elif capacity.admission_mode == "shared_fallback":
+        lines.insert(
+            1,
+            f"Redis unavailable: this replica ({capacity.replica_id}) admits its share of the limit "
+            f"on its own (limit / {capacity.replicas} replicas) until Redis answers",
+        )
     if capacity.tenants:
         lines.append(
             "By tenant: "

@@ -40,6 +40,8 @@ TENANT_QUOTA = "TENANT_QUOTA"
 QUEUE_FULL = "QUEUE_FULL"
 QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
 REASONS = (SESSION_LIMIT, TENANT_QUOTA, QUEUE_FULL, QUEUE_TIMEOUT)
+# Where the limit is counted (CapacitySnapshot.mode; shared_admission.py for the shared ones).
+ADMISSION_MODES = ("in_process", "shared", "shared_fallback")
 
 # Retry-after hint: before any session has finished there is nothing to estimate from.
 RETRY_AFTER_DEFAULT_S = 1.0
@@ -66,6 +68,13 @@ class CapacitySnapshot:
     admitted_total: int
     rejected_total: dict[str, int]  # every reason in REASONS, zero included
     tenants: list[TenantSnapshot]  # tenants with active sessions, sorted by name
+    # IN_PROCESS: the figures above are this router's. SHARED: max/active are global (every
+    # replica's, from Redis) and `replica_active_sessions` this one's. SHARED_FALLBACK: Redis does
+    # not answer; max is this replica's share of the limit, active its own sessions.
+    mode: str = "in_process"
+    replica_id: str = ""
+    replica_active_sessions: int = 0
+    replicas: int = 1  # replicas sharing the limit (seen renewing in Redis, or configured)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Admission:
     tenant: str
     priority: Priority
     queued_s: float  # time spent waiting in the queue (0 when admitted at once)
+    lease: str = ""  # the slot's id in a shared ledger ("" in process)
 
 
 class AdmissionListener(Protocol):
@@ -168,7 +178,17 @@ class AdmissionController:
             admitted_total=self._admitted_total,
             rejected_total=rejected,
             tenants=[TenantSnapshot(t, n, per_tenant) for t, n in sorted(tenant_items) if n > 0],
+            replica_active_sessions=self._active,
         )
+
+    async def start(self) -> None:
+        """Begin background work (a shared controller's lease renewal); nothing in process."""
+
+    async def close(self) -> None:
+        """End background work; sessions still held are released by their own exits."""
+
+    async def refresh(self) -> None:
+        """Bring `snapshot()`'s figures up to date (a shared controller asks its ledger)."""
 
     def retry_after_s(self, ahead: int = 0, servers: int | None = None) -> float:
         """Estimate of when a slot frees: with `servers` slots busy, one ends on average every
@@ -272,8 +292,12 @@ class AdmissionController:
         held_s = max(0.0, self._clock() - started_at)
         ewma = self._ewma_duration_s
         self._ewma_duration_s = held_s if ewma is None else ewma + DURATION_EWMA_ALPHA * (held_s - ewma)
-        self._release_slot(admission.tenant)
+        self._give_back(admission)
         self._notify(lambda listener: listener.on_released(admission, held_s))
+
+    def _give_back(self, admission: Admission) -> None:
+        """Return a finished session's slot (synchronous: called from `_Session.__aexit__`)."""
+        self._release_slot(admission.tenant)
 
     def _release_slot(self, tenant: str) -> None:
         """Give up one of `tenant`'s slots: hand it to the head of the queue, or free it."""

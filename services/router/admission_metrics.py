@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from services.router.admission import REASONS, Admission, AdmissionController
+from services.router.admission import ADMISSION_MODES, REASONS, Admission, AdmissionController
 from services.router.ports import Priority
 
 # Queue waits are capped by the queue's max wait (default 5 s interactive, 30 s batch).
@@ -82,7 +82,9 @@ class AdmissionCollector(Collector):
             "forge_router_sessions_active", "Chat sessions holding an admission slot.", snap.active_sessions
         )
         yield _gauge(
-            "forge_router_sessions_max", "Concurrent Chat sessions allowed (SKU profile).", snap.max_sessions
+            "forge_router_sessions_max",
+            "Concurrent Chat sessions allowed (SKU profile; all replicas when shared).",
+            snap.max_sessions,
         )
         yield _gauge(
             "forge_router_queue_depth", "Requests waiting in the admission queue.", snap.queued_requests
@@ -111,6 +113,25 @@ class AdmissionCollector(Collector):
         for tenant in snap.tenants:
             tenants.add_metric([tenant.tenant], tenant.active_sessions)
         yield tenants
+        mode = GaugeMetricFamily(
+            "forge_router_admission_mode",
+            "1 for the admission mode in force: in_process (this router's own limit), shared (one "
+            "limit across replicas, in Redis), shared_fallback (Redis unavailable: this replica's share).",
+            labels=["mode"],
+        )
+        for name in ADMISSION_MODES:
+            mode.add_metric([name], 1 if snap.mode == name else 0)
+        yield mode
+        yield _gauge(
+            "forge_router_replica_sessions_active",
+            "Chat sessions this router replica runs (forge_router_sessions_active is global when shared).",
+            snap.replica_active_sessions,
+        )
+        yield _gauge(
+            "forge_router_admission_replicas",
+            "Router replicas sharing the session limit (seen in Redis, or configured).",
+            snap.replicas,
+        )
         yield from self._wait.collect()
         yield from self._duration.collect()
 

@@ -38,6 +38,11 @@ from services.router.readiness import Readiness, follow
 from services.router.retrieval import Retriever
 from services.router.search import Searcher
 from services.router.settings import RouterSettings
+from services.router.shared_admission import (
+    SharedAdmissionController,
+    SharedAdmissionSettings,
+    default_replica_id,
+)
 from services.router.stages import Rails, StageRunner
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,23 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
+def admission_controller(profile: SkuProfile, settings: RouterSettings) -> AdmissionController:
+    """In process (one router), or shared through Redis when FORGE_ROUTER_ADMISSION_URL is set."""
+    config = profile.admission
+    if settings.admission_max_sessions:
+        config = config.model_copy(update={"max_sessions": settings.admission_max_sessions})
+    if not settings.admission_url:
+        return AdmissionController(config)
+    shared = SharedAdmissionSettings(
+        url=settings.admission_url,
+        replica_id=settings.replica_id or default_replica_id(),
+        replicas=settings.admission_replicas,
+        lease_ttl_s=settings.admission_lease_ttl_s,
+        key_prefix=settings.admission_key_prefix,
+    )
+    return SharedAdmissionController(config, shared)
+
+
 class RouterApp:
     name = "router"
 
@@ -77,7 +99,7 @@ class RouterApp:
         self.settings = settings or RouterSettings()
         self.dialer = dialer
         self.milvus_uri = self.settings.milvus_uri or default_milvus_uri(home)
-        self.admission = AdmissionController(profile.admission)
+        self.admission = admission_controller(profile, self.settings)
         self._parts: RouterParts | None = None
         self._store: VectorStore | None = None
         self._channels: dict[str, aio.Channel] = {}
@@ -138,6 +160,7 @@ class RouterApp:
 
     async def load(self) -> None:
         s = self.settings
+        await self.admission.start()
         self._llm = LlmPool(
             parse_addresses(s.llm_addresses) or [s.llm_address],
             lambda address: open_channel(address, "llm", self.dialer),
@@ -238,6 +261,7 @@ class RouterApp:
             await channel.close()
         if self._llm is not None:
             await self._llm.close()
+        await self.admission.close()
 
     def compute_device(self) -> str:
         return "cpu"
@@ -251,9 +275,11 @@ class RouterApp:
             "llm": s.llm_addresses or s.llm_address,
             "embed": s.embed_address,
             "guardrails": s.guardrails_address,
-            "max_sessions": str(a.max_sessions),
+            "max_sessions": str(self.admission.config.max_sessions),
             "max_sessions_per_tenant": str(a.max_sessions_per_tenant),
             "queue_enabled": str(a.queue.enabled).lower(),
+            "admission_url": redact_uri(s.admission_url) if s.admission_url else "",
+            "admission_replicas": str(s.admission_replicas),
             "default_top_k": str(s.default_top_k),
             "on_retrieval_failure": s.on_retrieval_failure,
             "on_guardrails_failure": s.on_guardrails_failure,

@@ -57,6 +57,25 @@ class RouterSettings(BaseSettings):
     # Vector size of the embeddings model; checked against the embed service at start when it answers.
     embedding_dimension: Annotated[int, Field(ge=1)] = 384
 
+    # Shared admission (several router replicas, one session limit): redis://host:port/db, or
+    # rediss:// with TLS; "" = this router counts its own sessions (one replica). With a URL the
+    # limit and the per-tenant quota are global, across every replica.
+    admission_url: str = ""
+    # The session limit this router enforces; 0 = the profile's admission.max_sessions (what ONE
+    # LLM replica's slice holds). With several LLM replicas behind shared admission it is their
+    # total capacity (the Kubernetes overlays set max_sessions x LLM replicas).
+    admission_max_sessions: Annotated[int, Field(ge=0)] = 0
+    # Routers sharing the limit. Redis unreachable: each admits max_sessions // replicas (the
+    # larger of this and the replicas last seen in Redis) on its own until Redis answers.
+    admission_replicas: Annotated[int, Field(ge=1)] = 1
+    # A session's lease; renewed every third of it. A router that dies frees its slots within it.
+    admission_lease_ttl_s: Annotated[float, Field(ge=1)] = 10.0
+    # Keys in Redis: one prefix per pool of routers that share a limit.
+    admission_key_prefix: str = "forge:admission"
+    # This replica's name in GetCapacity and in its lease ids ("" = host name and process id; the
+    # pod's name on Kubernetes).
+    replica_id: str = ""
+
     # Retrieval.
     default_top_k: Annotated[int, Field(ge=1)] = 4
     max_top_k: Annotated[int, Field(ge=1)] = 32

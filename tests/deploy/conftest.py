@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from services.common.config import SkuProfile, load_profile, load_profiles
 from services.gateway.settings import GatewaySettings
+from services.llm.settings import LlmSettings
+from services.router.settings import RouterSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -67,12 +69,54 @@ class _GatewayFromFile(GatewaySettings):
         return (init_settings,)
 
 
+class _RouterFromFile(RouterSettings):
+    """The router's settings from the given values only."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _LlmFromFile(LlmSettings):
+    """The LLM's settings from the given values only."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _prefixed(env: dict[str, Any], prefix: str) -> dict[str, str]:
+    return {k.removeprefix(prefix).lower(): str(v) for k, v in env.items() if k.startswith(prefix)}
+
+
 def gateway_settings_from_env(env: dict[str, Any]) -> GatewaySettings:
     """What a gateway with this environment runs with, read by its settings class: a misspelt
     FORGE_GATEWAY_ variable or a bad value fails here (the class forbids unknown fields)."""
-    prefix = "FORGE_GATEWAY_"
-    values = {k.removeprefix(prefix).lower(): str(v) for k, v in env.items() if k.startswith(prefix)}
-    return _GatewayFromFile.model_validate(values)
+    return _GatewayFromFile.model_validate(_prefixed(env, "FORGE_GATEWAY_"))
+
+
+def router_settings_from_env(env: dict[str, Any]) -> RouterSettings:
+    """The same for a router (FORGE_ROUTER_*)."""
+    return _RouterFromFile.model_validate(_prefixed(env, "FORGE_ROUTER_"))
+
+
+def llm_settings_from_env(env: dict[str, Any]) -> LlmSettings:
+    """The same for an LLM (FORGE_LLM_*)."""
+    return _LlmFromFile.model_validate(_prefixed(env, "FORGE_LLM_"))
 
 
 def gpu_profiles() -> list[str]:

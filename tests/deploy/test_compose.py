@@ -25,10 +25,12 @@ from tests.deploy.conftest import (
     DEPLOY,
     gateway_settings_from_env,
     gpu_profiles,
+    llm_settings_from_env,
     mps_profiles,
     profile_from_env,
     profiles,
     render,
+    router_settings_from_env,
     tool,
 )
 
@@ -123,6 +125,22 @@ def test_every_sku_stack_runs_its_profile(rendered: dict[str, dict[str, Any]], n
         assert loaded.slices == expected.slices, service
         assert loaded.buffer == expected.buffer, service
         assert loaded.admission.max_sessions == expected.admission.max_sessions, service
+    # The one LLM takes every session the profile sizes its slice for (its own hard limit).
+    llm = llm_settings_from_env(config["services"]["llm"]["environment"])
+    assert llm.max_num_seqs == expected.admission.max_sessions
+
+
+def test_one_router_with_admission_in_process(rendered: dict[str, dict[str, Any]]) -> None:
+    """Compose is one box with one LLM: one router, whose in-process limit is the profile's
+    max_sessions (that LLM's capacity); no Redis to share it with (docs/operations.md, "Scaling
+    out": rehearse several routers with `forge up --routers N`, run them on Kubernetes)."""
+    for name, config in rendered.items():
+        services = config["services"]
+        routers = [s for s, entry in services.items() if entry.get("command", [])[:2] == ["serve", "router"]]
+        assert routers == ["router"], name
+        settings = router_settings_from_env(services["router"]["environment"]).model_dump()
+        assert settings.get("admission_url", "") == "", name
+        assert not any("redis" in str(entry.get("image", "")) for entry in services.values()), name
 
 
 @pytest.mark.parametrize("name", gpu_profiles())

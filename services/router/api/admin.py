@@ -41,6 +41,7 @@ class AdminServicer(router_pb2_grpc.AdminServiceServicer):
     async def GetCapacity(
         self, request: router_pb2.GetCapacityRequest, context: Context
     ) -> router_pb2.GetCapacityResponse:
+        await self._admission.refresh()
         snap = self._admission.snapshot()
         return router_pb2.GetCapacityResponse(
             profile=self._profile,
@@ -57,6 +58,10 @@ class AdminServicer(router_pb2_grpc.AdminServiceServicer):
                 )
                 for t in snap.tenants
             ],
+            admission_mode=snap.mode,
+            replica_id=snap.replica_id,
+            replica_active_sessions=snap.replica_active_sessions,
+            replicas=snap.replicas,
         )
 
     async def GetGpuStats(
