@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +26,10 @@ from services.common.settings import (
 )
 
 if TYPE_CHECKING:
-    from services.cli.supervisor import RestartPolicy
+    from services.cli.replicas import RouterReplica, SharedBacking
+    from services.cli.supervisor import ChildSpec, RestartPolicy
+    from services.cli.up_console import UpConsole
+    from services.common.channels import Dialer
 
 # Services `forge up` starts (all at once; each is health-gated on its own).
 MESH_SERVICES = ("llm", "embed", "guardrails", "router", "gateway")
@@ -502,6 +506,16 @@ def plan(settings: ForgeSettings, sku: str | None, show_all: bool) -> None:
     help="Show the services' logs here as they run, too (always in FORGE_HOME/logs/<service>.log; "
     "env FORGE_UP_VERBOSE).",
 )
+@click.option(
+    "--routers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Router replicas, the cluster's shape on one box: 2 or more share one session limit "
+    "through a Redis and their documents through a Milvus server, both started here too (the "
+    "server's virtualenv is built under FORGE_HOME on first use). Replica i serves on port "
+    "50051 + 100·i, metrics 9101 + 100·i.",
+)
 @click.pass_obj
 def up(
     settings: ForgeSettings,
@@ -512,17 +526,20 @@ def up(
     max_backoff: float,
     public_tls: bool,
     verbose: bool,
+    routers: int,
 ) -> None:
     """Start the mesh: every service as its own process on loopback, health-gated, restarted when
     it exits, does not report SERVING within --start-timeout, or stops answering its health for
     --liveness-timeout (with backoff on crash loops, said on stderr); Ctrl-C stops them all
     cleanly. At first start it makes the mesh's private CA and certificates (FORGE_HOME/tls) and
     an admin API key (FORGE_HOME/keys/admin.key). Prints a line per service as it serves; each
-    service's log goes to FORGE_HOME/logs/<service>.log (--verbose: here too)."""
-    from services.cli.supervisor import ChildSpec, RestartPolicy, Supervisor, child_env
+    service's log goes to FORGE_HOME/logs/<service>.log (--verbose: here too). With --routers N
+    (N >= 2) it starts a Redis and a Milvus server first and stops them last."""
+    from services.cli.replicas import router_replicas
+    from services.cli.supervisor import RestartPolicy, Supervisor, child_env
     from services.cli.up_console import UpConsole, quiet_cli_logging
     from services.common.cpusets import Machine, format_cpu_list, place
-    from services.common.isolation import mps_startup_warning, service_environment
+    from services.common.isolation import mps_startup_warning
     from services.common.security.settings import admin_key_path
 
     profile = _profile_or_exit(settings.profile)
@@ -539,18 +556,7 @@ def up(
             click.echo(f"warning: {placement.warning}", err=True)
     home = settings.home_dir()
     dialers, tls_dir = _first_start_security(home, public_tls)
-    specs = [
-        ChildSpec(
-            s,
-            host,
-            DEFAULT_GRPC_PORTS[s] + port_offset,
-            DEFAULT_METRICS_PORTS[s] + port_offset,
-            env=service_environment(profile, s),  # under MPS: the service's pinned memory limit
-            health_dialer=dialers[s],
-            after=ROUTER_WAITS_FOR if s == "router" else (),
-        )
-        for s in MESH_SERVICES
-    ]
+    replicas = router_replicas(routers, port_offset)
     env = child_env(settings.profile, str(home))
     if public_tls:
         env["FORGE_PUBLIC_TLS_CERT"] = str(tls_dir.cert("router"))
@@ -559,7 +565,8 @@ def up(
     for service in ("llm", "embed", "guardrails"):
         env[f"FORGE_ROUTER_{service.upper()}_ADDRESS"] = f"{host}:{DEFAULT_GRPC_PORTS[service] + port_offset}"
     # The OpenAI-compatible front: its HTTP port follows the offset too (any free one where the
-    # offset takes it out of range); it calls the router, and embed and llm for what the router lacks.
+    # offset takes it out of range); it calls the router (replica 0), and embed and llm for what
+    # the router lacks.
     http_port = DEFAULT_HTTP_PORTS["gateway"] + port_offset
     env["FORGE_GATEWAY_HTTP_HOST"] = host
     env["FORGE_GATEWAY_HTTP_PORT"] = str(http_port if 0 < http_port < 65536 else 0)
@@ -578,50 +585,185 @@ def up(
     if not verbose:
         quiet_cli_logging(logs_dir)
     console = UpConsole()
-    supervisor = Supervisor(specs, env, policy, reporter=console, logs_dir=logs_dir, echo_logs=verbose)
-    click.echo(
-        f"Starting {len(specs)} services (profile {settings.profile}); their logs: {logs_dir}/<service>.log"
-        + ("" if verbose else " (--verbose shows them here)")
-    )
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, supervisor.request_stop)
-        ready = asyncio.Event()
-        runner = asyncio.create_task(supervisor.run(ready))
-        ready_wait = asyncio.create_task(ready.wait())
-        await asyncio.wait({runner, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.is_set():
-            console.close()
-            click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
-            for spec in specs:
-                cpus = placements[spec.service]
+    # What the replicas share starts before them and stops after them: closing `shared` stops the
+    # Milvus server, then Redis (also on Ctrl-C while they start, and when one cannot start).
+    with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as shared_stack:
+        specs = mesh_specs(profile, host, port_offset, dialers, replicas)
+        shared = None
+        if routers > 1:
+            mesh_ports = {p for s in specs for p in (s.port, s.metrics_port)} | {http_port}
+            shared = _start_shared(shared_stack, console, routers, home, host, port_offset, mesh_ports)
+            specs = mesh_specs(profile, host, port_offset, dialers, replicas, shared)
+        supervisor = Supervisor(specs, env, policy, reporter=console, logs_dir=logs_dir, echo_logs=verbose)
+        click.echo(
+            f"Starting {len(specs)} services (profile {settings.profile}); their logs: "
+            f"{logs_dir}/<service>.log" + ("" if verbose else " (--verbose shows them here)")
+        )
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, supervisor.request_stop)
+            ready = asyncio.Event()
+            runner = asyncio.create_task(supervisor.run(ready))
+            ready_wait = asyncio.create_task(ready.wait())
+            await asyncio.wait({runner, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.is_set():
+                console.close()
+                click.echo(f"Forge is up (profile {settings.profile}, home {home}):")
+                for spec in specs:
+                    cpus = placements[spec.runs]
+                    click.echo(
+                        f"  {spec.service:<11} grpc {host}:{spec.port}   "
+                        f"metrics http://{host}:{spec.metrics_port}/metrics"
+                        + (f"   CPUs {format_cpu_list(cpus.cpus)}" if cpus.requested is not None else "")
+                    )
+                if (gateway_http := env.get("FORGE_GATEWAY_HTTP_PORT", "0")) != "0":
+                    click.echo(f"  {'openai api':<11} http://{host}:{gateway_http}/v1 (the gateway)")
+                if shared is None:
+                    milvus = os.environ.get("FORGE_ROUTER_MILVUS_URI") or str(home / "milvus" / "forge.db")
+                    click.echo(f"  {'milvus':<11} {milvus} (owned by the router)")
+                else:
+                    click.echo(
+                        f"  {'redis':<11} {shared.admission_url} (the {routers} routers' session limit)"
+                    )
+                    click.echo(f"  {'milvus':<11} {shared.milvus_uri} (the {routers} routers' documents)")
+                if (key_file := admin_key_path(home)).is_file():
+                    click.echo(f"  {'admin key':<11} {key_file} (the CLI's default key)")
+                click.echo(f"  {'logs':<11} {logs_dir}/<service>.log (forge up's own: {logs_dir}/up.log)")
+                # With replicas: ask another router than the one that ingested, as they share it all.
+                first, other = replicas[0], replicas[min(1, routers - 1)]
                 click.echo(
-                    f"  {spec.service:<11} grpc {host}:{spec.port}   "
-                    f"metrics http://{host}:{spec.metrics_port}/metrics"
-                    + (f"   CPUs {format_cpu_list(cpus.cpus)}" if cpus.requested is not None else "")
+                    f"Try: forge ingest README.md --router {host}:{first.port}; "
+                    f"forge ask 'What is Forge?' --router {host}:{other.port}"
                 )
-            if (gateway_http := env.get("FORGE_GATEWAY_HTTP_PORT", "0")) != "0":
-                click.echo(f"  {'openai api':<11} http://{host}:{gateway_http}/v1 (the gateway)")
-            milvus = os.environ.get("FORGE_ROUTER_MILVUS_URI") or str(home / "milvus" / "forge.db")
-            click.echo(f"  {'milvus':<11} {milvus} (owned by the router)")
-            if (key_file := admin_key_path(home)).is_file():
-                click.echo(f"  {'admin key':<11} {key_file} (the CLI's default key)")
-            click.echo(f"  {'logs':<11} {logs_dir}/<service>.log (forge up's own: {logs_dir}/up.log)")
-            router = f"{host}:{DEFAULT_GRPC_PORTS['router'] + port_offset}"
-            click.echo(
-                f"Try: forge ingest README.md --router {router}; forge ask 'What is Forge?' --router {router}"
-            )
-            click.echo(_restart_summary(policy))
-            click.echo("Ctrl-C stops the mesh.")
-        await runner
-        ready_wait.cancel()
+                click.echo(_restart_summary(policy))
+                click.echo("Ctrl-C stops the mesh.")
+            await runner
+            ready_wait.cancel()
 
-    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     console.close()
     click.echo("Forge stopped.")
+
+
+def mesh_specs(
+    profile: SkuProfile,
+    host: str,
+    port_offset: int,
+    dialers: dict[str, Dialer],
+    replicas: list[RouterReplica],
+    shared: SharedBacking | None = None,
+) -> list[ChildSpec]:
+    """The processes `forge up` supervises: each service of MESH_SERVICES, the router as each of
+    `replicas` (replica 0 named "router", as everything that dials the router expects), told what
+    they share when there are several."""
+    from services.cli.replicas import replica_env
+    from services.cli.supervisor import ChildSpec
+    from services.common.isolation import service_environment
+
+    specs = []
+    for s in MESH_SERVICES:
+        if s != "router":
+            specs.append(
+                ChildSpec(
+                    s,
+                    host,
+                    DEFAULT_GRPC_PORTS[s] + port_offset,
+                    DEFAULT_METRICS_PORTS[s] + port_offset,
+                    env=service_environment(profile, s),  # under MPS: the service's pinned memory limit
+                    health_dialer=dialers[s],
+                )
+            )
+            continue
+        for replica in replicas:
+            env = service_environment(profile, s)
+            if shared is not None:
+                env |= replica_env(replica, len(replicas), shared.admission_url, shared.milvus_uri)
+            specs.append(
+                ChildSpec(
+                    replica.name,
+                    host,
+                    replica.port,
+                    replica.metrics_port,
+                    env=env,
+                    health_dialer=dialers[s],
+                    after=ROUTER_WAITS_FOR,
+                    role=s,
+                )
+            )
+    return specs
+
+
+# A first start of the Milvus server on a busy small machine: well over its usual 10-20 s.
+MILVUS_START_TIMEOUT_S = 180.0
+
+
+def _start_shared(
+    stack: contextlib.ExitStack,
+    console: UpConsole,
+    routers: int,
+    home: Path,
+    host: str,
+    port_offset: int,
+    mesh_ports: set[int],
+) -> SharedBacking:
+    """Start what `routers` replicas share and the operator did not name (FORGE_ROUTER_ADMISSION_URL,
+    FORGE_ROUTER_MILVUS_URI): Redis, then the Milvus server (its virtualenv built on first use),
+    each stopped when `stack` closes. ClickException when one cannot start."""
+    from services.cli import milvus_server, redis_server
+    from services.cli.replicas import SharedBacking, milvus_port, redis_port, shared_backing
+
+    try:
+        named = shared_backing(routers, os.environ)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    admission_url, milvus_uri = named.admission_url, named.milvus_uri
+    if not admission_url:
+        port = redis_port(port_offset)
+        click.echo(f"Starting Redis on {host}:{port}: the {routers} routers share one session limit in it")
+        started = time.monotonic()
+        try:
+            redis = redis_server.start_redis(port, home / "redis", host, detach=True)
+        except redis_server.RedisUnavailable as exc:
+            raise click.ClickException(f"Redis did not start: {exc}") from exc
+        stack.callback(_stopping("Redis", redis.stop))
+        console.serving("redis", time.monotonic() - started)
+        admission_url = redis.url
+    if not milvus_uri:
+        venv = milvus_server.venv_dir(home)
+
+        def building(what: str) -> None:
+            click.echo(
+                f"First use of --routers: building the Milvus server's virtualenv ({what}); minutes, once"
+            )
+
+        try:
+            executable = milvus_server.ensure_server_venv(venv, on_build=building)
+        except milvus_server.ServerVenvUnavailable as exc:
+            raise click.ClickException(f"no Milvus server for the routers to share: {exc}") from exc
+        port, data = milvus_port(port_offset), home / "milvus-server"
+        click.echo(f"Starting a Milvus server on 127.0.0.1:{port}: the routers' documents (data in {data})")
+        started = time.monotonic()
+        try:
+            milvus = milvus_server.start_server(
+                executable, data, MILVUS_START_TIMEOUT_S, proxy_port=port, reserved=mesh_ports, detach=True
+            )
+        except (milvus_server.MilvusUnavailable, TimeoutError) as exc:
+            raise click.ClickException(f"the Milvus server did not start: {exc}") from exc
+        stack.callback(_stopping("the Milvus server", milvus.stop))
+        console.serving("milvus", time.monotonic() - started)
+        milvus_uri = milvus.uri
+    return SharedBacking(admission_url, milvus_uri)
+
+
+def _stopping(what: str, stop: Callable[[], None]) -> Callable[[], None]:
+    def say_and_stop() -> None:
+        click.echo(f"Stopping {what}")
+        stop()
+
+    return say_and_stop
 
 
 def _restart_summary(policy: RestartPolicy) -> str:

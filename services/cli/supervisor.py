@@ -119,8 +119,19 @@ class SayOnly:
 def _die_with_supervisor() -> None:
     """Runs in the child before exec: on Linux the child gets SIGTERM when the supervisor dies,
     even by SIGKILL, so no service outlives `forge up`."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)()
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the thread that started it ends (its process dying
+    included, even by SIGKILL), for what `forge up` starts beside the supervisor (Redis; Milvus,
+    whose wrapper stops cleanly on SIGINT only)."""
+
+    def arm() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+    return arm
 
 
 class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -196,12 +207,19 @@ class ChildSpec:
     # guardrails): its start timeout counts from when they all serve, so a slow LLM load does not
     # get the router killed as stuck.
     after: tuple[str, ...] = ()
+    # The service this child runs (its module, and the name its TLS certificate carries) when
+    # `service` names one of several replicas ("router-1"); "" = `service` itself.
+    role: str = ""
+
+    @property
+    def runs(self) -> str:
+        return self.role or self.service
 
     def command(self) -> list[str]:
         return [
             sys.executable,
             "-m",
-            f"services.{self.service}",
+            f"services.{self.runs}",
             "--host",
             self.host,
             "--port",
@@ -471,7 +489,7 @@ class Supervisor:
         """Return once the SERVING service has not answered a health check for the liveness
         timeout (a frozen or hung process): the seconds it went unanswered."""
         interval = self.policy.liveness_interval_s
-        async with child.spec.health_dialer.channel(child.spec.address, child.spec.service) as channel:
+        async with child.spec.health_dialer.channel(child.spec.address, child.spec.runs) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             answered = time.monotonic()
             while True:
@@ -548,7 +566,7 @@ class Supervisor:
         spec = child.spec
         others = [c.serving.wait() for c in self.children if c.spec.service in spec.after]
         await asyncio.gather(*others)
-        await wait_serving(spec.address, self.policy.start_timeout_s, spec.health_dialer, spec.service)
+        await wait_serving(spec.address, self.policy.start_timeout_s, spec.health_dialer, spec.runs)
 
     async def _exit_description(self, child: Child) -> str:
         assert child.process is not None and child.process.returncode is not None
