@@ -606,6 +606,10 @@ def up(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, supervisor.request_stop)
             ready = asyncio.Event()
+            # forge up's own Redis is restarted when it exits, as the services are.
+            redis_keeper = None
+            if shared is not None and shared.redis is not None:
+                redis_keeper = asyncio.create_task(shared.redis.keep(policy.backoff_max_s))
             runner = asyncio.create_task(supervisor.run(ready))
             ready_wait = asyncio.create_task(ready.wait())
             await asyncio.wait({runner, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -642,6 +646,8 @@ def up(
                 click.echo("Ctrl-C stops the mesh.")
             await runner
             ready_wait.cancel()
+            if redis_keeper is not None:
+                redis_keeper.cancel()
 
         asyncio.run(main())
     console.close()
@@ -720,6 +726,7 @@ def _start_shared(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     admission_url, milvus_uri = named.admission_url, named.milvus_uri
+    kept_redis = None
     if not admission_url:
         port = redis_port(port_offset)
         click.echo(f"Starting Redis on {host}:{port}: the {routers} routers share one session limit in it")
@@ -728,7 +735,8 @@ def _start_shared(
             redis = redis_server.start_redis(port, home / "redis", host, detach=True)
         except redis_server.RedisUnavailable as exc:
             raise click.ClickException(f"Redis did not start: {exc}") from exc
-        stack.callback(_stopping("Redis", redis.stop))
+        kept_redis = KeptRedis(redis, home / "redis", host)
+        stack.callback(_stopping("Redis", kept_redis.stop))
         console.serving("redis", time.monotonic() - started)
         admission_url = redis.url
     if not milvus_uri:
@@ -755,7 +763,47 @@ def _start_shared(
         stack.callback(_stopping("the Milvus server", milvus.stop))
         console.serving("milvus", time.monotonic() - started)
         milvus_uri = milvus.uri
-    return SharedBacking(admission_url, milvus_uri)
+    return SharedBacking(admission_url, milvus_uri, kept_redis)
+
+
+class KeptRedis:
+    """`forge up`'s Redis, started again on its port when it exits. Meanwhile the routers admit
+    their share of the limit each; once it is back (empty) they re-register their sessions."""
+
+    def __init__(self, server: Any, work_dir: Path, host: str) -> None:
+        self.server = server
+        self._work_dir = work_dir
+        self._host = host
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    async def keep(self, backoff_max_s: float) -> None:
+        from services.cli.redis_server import RedisUnavailable, start_redis
+        from services.cli.supervisor import describe_exit
+
+        failures = 0
+        while True:
+            await asyncio.sleep(0.5)  # a supervisor's poll of its child, not a synchronisation
+            code = self.server.process.poll()
+            if code is None:
+                failures = 0
+                continue
+            delay = min(backoff_max_s, 2.0**failures)
+            failures += 1
+            click.echo(
+                f"redis exited ({describe_exit(code, None)}); restarting in {delay:g} s (the routers "
+                "admit their share of the limit each until it is back)",
+                err=True,
+            )
+            await asyncio.sleep(delay)
+            try:
+                # In this thread: the server is stopped when the thread that started it ends.
+                self.server = start_redis(self.server.port, self._work_dir, self._host, detach=True)
+            except RedisUnavailable as exc:
+                click.echo(f"redis did not start again: {exc}", err=True)
+                continue
+            click.echo(f"redis SERVING again on {self._host}:{self.server.port}", err=True)
 
 
 def _stopping(what: str, stop: Callable[[], None]) -> Callable[[], None]:

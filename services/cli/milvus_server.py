@@ -162,7 +162,7 @@ def start_server(
     Ctrl-C reaches only its starter (which stops it in its turn), and stopped (SIGINT) if the
     starter dies. Call it from the thread that lives as long as the server: Linux signals a
     detached server when the thread that started it ends."""
-    if proxy_port and not _bindable(proxy_port):
+    if proxy_port and not _wait_bindable(proxy_port):
         # The wrapper would quietly take the next free port: the caller asked for this one.
         raise MilvusUnavailable(f"127.0.0.1:{proxy_port} is already taken (another Milvus server?)")
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +257,20 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _wait_bindable(port: int, timeout_s: float = 75.0) -> bool:
+    """Whether `port` can be bound, waiting while nothing listens there but the kernel still holds
+    it: right after a server on it stopped, its closed connections keep the port in TIME_WAIT for
+    up to a minute, and a plain bind (the wrapper's) fails. A listener there: False at once."""
+    deadline = time.monotonic() + timeout_s
+    while not _bindable(port):
+        with socket.socket() as probe:
+            probe.settimeout(1.0)
+            if probe.connect_ex(("127.0.0.1", port)) == 0 or time.monotonic() > deadline:
+                return False
+        time.sleep(0.5)  # polling the kernel's TIME_WAIT expiry: there is nothing to wait on
+    return True
 
 
 def _free_port(taken: set[int]) -> int:

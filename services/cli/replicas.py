@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS
 
@@ -70,6 +71,8 @@ class SharedBacking:
 
     admission_url: str
     milvus_uri: str
+    # forge up's own Redis when it started one (main.KeptRedis: restarted when it exits).
+    redis: Any = None
 
 
 def shared_backing(count: int, environ: Mapping[str, str]) -> SharedBacking:

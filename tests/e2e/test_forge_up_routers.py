@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from forge.v1 import ops_pb2, ops_pb2_grpc
+from forge.v1 import ops_pb2, ops_pb2_grpc, router_pb2, router_pb2_grpc
 from grpc import aio
 
 from services.cli.main import MESH_SERVICES
@@ -180,6 +180,27 @@ async def test_two_routers_share_documents_and_stop_with_redis_and_milvus(mesh: 
     assert "ingested 1 documents" in ingested, ingested
     answer = await forge_cli("ask", "What is the access code for the Zephyr vault?", "--router", r1, env=env)
     assert "4417" in answer and "[1] zephyr.md" in answer, answer
+
+    # Redis killed: forge up starts it again, and the routers go back to the shared limit.
+    redis = next(
+        p for p in psutil.Process(mesh.proc.pid).children(recursive=True) if p.name() == "redis-server"
+    )
+    redis.kill()
+    admin = bearer(admin_key_path(mesh.home).read_text().strip())
+
+    async def shared_again() -> bool:
+        if "redis SERVING again" not in mesh.stderr.read_text():
+            return False
+        async with aio.insecure_channel(r1) as channel:
+            capacity = await router_pb2_grpc.AdminServiceStub(channel).GetCapacity(
+                router_pb2.GetCapacityRequest(), metadata=admin, timeout=10
+            )
+        return capacity.admission_mode == "shared"
+
+    async with asyncio.timeout(60):
+        while not await shared_again():  # noqa: ASYNC110 - another process's state, polled
+            await asyncio.sleep(0.2)
+    assert "redis exited (was killed by SIGKILL); restarting" in mesh.stderr.read_text()
 
     # Ctrl-C: the services, then Milvus, then Redis; no process of the mesh is left.
     family = psutil.Process(mesh.proc.pid).children(recursive=True)

@@ -118,6 +118,7 @@ async def cluster(
     )
     started: list[ServiceProcess] = [llm]
     routers: list[Router] = []
+    cluster: Cluster | None = None
     try:
         listening = await llm.start()
         await llm.next_event("serving", timeout_s=START_S)
@@ -138,12 +139,15 @@ async def cluster(
             routers.append(await start_router(home, env, key, replica))
             started.append(routers[-1].process)
         llm_metrics = f"http://127.0.0.1:{listening['metrics_port']}/metrics"
-        yield Cluster(redis_server, llm, llm_metrics, home, env, key, routers)
+        cluster = Cluster(redis_server, llm, llm_metrics, home, env, key, routers)
+        yield cluster
     finally:
         for router in routers:
             await router.channel.close()
         for process in reversed(started):
             await process.kill()
+        if cluster is not None:
+            cluster.redis.stop()  # the one a test restarted, if it did (the fixture stops the first)
 
 
 @contextlib.asynccontextmanager
