@@ -287,6 +287,46 @@ async def test_a_server_store_with_other_writers_keeps_their_young_rows(backend:
         await sole.close()
 
 
+@pytest.mark.milvus_server
+@pytest.mark.slow
+async def test_a_write_that_waited_behind_another_routers_commit_takes_a_higher_version(
+    milvus_server: MilvusServer,
+) -> None:
+    """Router A's second write takes its version, then waits for A's lock on the document while
+    router B commits a later version. When it goes on, it replaces B's version: it must commit a
+    version above B's (else it deletes the higher one and leaves a lower one, which readers of
+    the higher version would see flip back)."""
+    backend = Backend("server", milvus_server.uri, milvus_server)
+    t, doc = tenant(), "doc"
+    a, b = await backend.open(), await backend.open()
+    try:
+        await a.replace_document(t, COLLECTION, doc, chunks(doc, 2, "first"))
+        at_inserted, go_on = asyncio.Event(), asyncio.Event()
+
+        async def hold_after_insert(step: str) -> None:
+            if step == "inserted" and not at_inserted.is_set():
+                at_inserted.set()
+                await go_on.wait()
+
+        a.pause_at = hold_after_insert
+        holding = asyncio.create_task(a.replace_document(t, COLLECTION, doc, chunks(doc, 2, "a0")))
+        await at_inserted.wait()  # a0 holds A's lock on the document
+        waiting = asyncio.create_task(a.replace_document(t, COLLECTION, doc, chunks(doc, 3, "a1")))
+        await asyncio.sleep(0)  # a1 takes its version and queues for the lock
+        assert not waiting.done()
+        await b.replace_document(t, COLLECTION, doc, chunks(doc, 4, "b"))
+        name, key = milvus_store._milvus_name(COLLECTION), milvus_store._doc_key(t, COLLECTION, doc)
+        b_version = (await b._commits(name, t, [key], b._budget(None)))[key].version
+        go_on.set()
+        await asyncio.gather(holding, waiting)
+        final = (await b._commits(name, t, [key], b._budget(None)))[key]
+        assert final.version > b_version, "a lower version replaced a higher one"
+        assert await visible(b, t, doc) == (3, texts(doc, 3, "a1"))
+    finally:
+        await a.close()
+        await b.close()
+
+
 # --- (b) a reader during many re-ingests ---------------------------------------------------------
 
 

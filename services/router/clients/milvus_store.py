@@ -36,7 +36,9 @@ leftovers of all documents. On a server, other routers may be writing the same d
 a write there removes only what it replaced and leftovers older than `writer_grace_s` (a write
 that took longer than half of that is refused before its commit), so it never deletes another
 writer's rows in flight; `writer_grace_s=0` declares the store the server's only writer (it then
-behaves as on Lite). Two routers writing one document at once: the higher version wins.
+behaves as on Lite). Two routers writing one document at once: the higher version wins, and a
+write that finds a committed version above its own (it waited for its process's lock on the
+document while another router committed) takes a version above that one before it replaces it.
 
 Legacy collections (written before versions, rows keyed by hash(tenant, collection, document_id,
 chunk_index)) need no schema change: opening one builds the commit rows once (version 0 = the
@@ -363,6 +365,12 @@ class VectorStore:
         async with self._document_locks(tenant, name, [document_id]):
             await self._ensure(name, budget, create=True)
             previous = (await self._commits(name, tenant, [doc_key], budget)).get(doc_key)
+            if previous is not None and previous.version >= version:
+                # Another router committed a later version while this write waited for the lock:
+                # this write replaces it, so it takes a version above it (else it would delete a
+                # higher version and leave a lower one: the higher version must win).
+                version = self._next_version(after=previous.version)
+                rows = self._rows(tenant, collection, document_id, chunks, version)
             await self._step("before-insert")
             # Fresh keys: whatever happens from here to the commit, the committed version is untouched.
             await self._call(
@@ -509,11 +517,11 @@ class VectorStore:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _next_version(self) -> int:
-        """A fresh version: later than any this process made, and ordered by start time across
-        processes (up to their clocks' skew)."""
+    def _next_version(self, after: int = 0) -> int:
+        """A fresh version: later than any this process made and than `after`, and ordered by
+        start time across processes (up to their clocks' skew)."""
         now = time.time_ns() // 1000 << _VERSION_SHIFT | secrets.randbits(_VERSION_SHIFT)
-        self._last_version = max(now, self._last_version + 1)
+        self._last_version = max(now, self._last_version + 1, after + 1)
         return self._last_version
 
     def _grace_cutoff(self) -> int | None:
