@@ -314,7 +314,9 @@ async def test_a_rail_has_its_own_bounded_queue_and_its_wait_is_not_charged_to_i
         rail.release.set()
     verdict = await queued
     timing = verdict.timings[0]
-    assert not timing.failed and timing.queued_s >= 0.3 and timing.seconds < 0.3
+    # Queued far longer than the rail's 50 ms timeout, yet not failed: the wait is not charged to
+    # it. (Not `>= 0.3`: the loop may wake its 0.3 s sleep up to a clock tick early.)
+    assert not timing.failed and timing.queued_s >= 0.25 and timing.seconds < 0.3
     assert verdict.decision is Action.BLOCK and [f.category for f in verdict.findings] == ["word"]
     again = await guard.check("a secret again", Stage.INPUT)  # the places were given back
     assert again.decision is Action.BLOCK
