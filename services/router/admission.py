@@ -315,9 +315,9 @@ class AdmissionController:
 
     # --- outcomes ------------------------------------------------------------------------------
 
-    def _admitted(self, tenant: str, priority: Priority, queued_s: float) -> Admission:
+    def _admitted(self, tenant: str, priority: Priority, queued_s: float, lease: str = "") -> Admission:
         self._admitted_total += 1
-        admission = Admission(tenant=tenant, priority=priority, queued_s=queued_s)
+        admission = Admission(tenant=tenant, priority=priority, queued_s=queued_s, lease=lease)
         self._notify(lambda listener: listener.on_admitted(admission))
         return admission
 

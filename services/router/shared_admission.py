@@ -229,11 +229,9 @@ class SharedAdmissionController(AdmissionController):
         if not self._shared_queue:  # waiters here go first: a newcomer does not overtake them
             outcome = await self._claim(lease, tenant)
             if outcome.granted:
-                return self._admitted_lease(tenant, priority, 0.0, lease)
+                return self._admitted(tenant, priority, 0.0, lease)
             if outcome.reason == TENANT_QUOTA or not cfg.queue.enabled:
                 raise self._refusal(outcome.reason, tenant, priority)
-        elif not cfg.queue.enabled:  # unreachable: without a queue nobody waits
-            raise self._refusal(SESSION_LIMIT, tenant, priority)
         if len(self._shared_queue) >= cfg.queue.max_depth:
             raise self._reject(
                 QUEUE_FULL,
@@ -298,7 +296,7 @@ class SharedAdmissionController(AdmissionController):
             raise self._timed_out(priority, queued_s)
         if reason:
             raise self._refusal(reason, tenant, priority)
-        return self._admitted_lease(tenant, priority, queued_s, lease)
+        return self._admitted(tenant, priority, queued_s, lease)
 
     def _expire_shared(self, waiter: _SharedWaiter) -> None:
         if waiter.future.done():
@@ -339,12 +337,6 @@ class SharedAdmissionController(AdmissionController):
                 await asyncio.wait_for(self._slot_freed.wait(), self._settings.poll_interval_s)
 
     # --- outcomes and release ------------------------------------------------------------------
-
-    def _admitted_lease(self, tenant: str, priority: Priority, queued_s: float, lease: str) -> Admission:
-        self._admitted_total += 1
-        admission = Admission(tenant=tenant, priority=priority, queued_s=queued_s, lease=lease)
-        self._notify(lambda listener: listener.on_admitted(admission))
-        return admission
 
     def _give_back(self, admission: Admission) -> None:
         self._release_lease(admission.lease)
