@@ -14,7 +14,7 @@ TEST_EXTRAS ?= cpu,dev,llamacpp
 # AVX2 build runs on any x86-64 of the last decade. CUDA (P40): LLAMA_CMAKE_ARGS=-DGGML_CUDA=on.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: up test lint typecheck pytest bench protos clean
+.PHONY: up test lint typecheck pytest bench protos clean image test-containers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,19 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/admission_overload.py
 	$(BIN)/python bench/auth_overhead.py
 	$(BIN)/python bench/chaos.py 3
+
+# Containers with no image registry (docs/operations.md, "Containers without a registry"): the
+# cpu image and Prometheus's, built on this machine from a debootstrap'ed Debian and a wheelhouse
+# that this machine's pip fills. Starts a Docker engine first where none runs (root on Debian:
+# docker.io, dockerd --storage-driver=vfs).
+# PYTHON_IMAGE=python:3.11-slim-bookworm builds on the public base instead; EXTRA_CA=FILE adds a
+# CA pip trusts inside the build; WHEELHOUSE=0 installs from the index inside the build.
+image:
+	PYTHON=$(PYTHON) deploy/docker/build.sh
+
+# Builds the image (`make image`), runs deploy/docker-compose.local.yaml and uses it as a user.
+test-containers: $(TEST_STAMP)
+	FORGE_CONTAINER_TESTS=1 $(BIN)/python -m pytest tests/deploy/test_containers.py -v
 
 protos: $(TEST_STAMP)
 	$(BIN)/python tools/gen_protos.py

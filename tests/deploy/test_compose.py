@@ -411,3 +411,60 @@ def test_minio_has_no_default_credentials(rendered: dict[str, dict[str, Any]]) -
         assert minio["MINIO_ROOT_PASSWORD"] == milvus["MINIO_SECRET_ACCESS_KEY"] == secret, name
         # The deprecated names would override nothing, but must not carry a second credential.
         assert "MINIO_ACCESS_KEY" not in minio and "MINIO_SECRET_KEY" not in minio, name
+
+
+LOCAL = DEPLOY / "docker-compose.local.yaml"
+DOCKER_DIR = DEPLOY / "docker"
+
+
+@pytest.fixture(scope="module")
+def local_stack() -> dict[str, Any]:
+    done = compose_config([LOCAL], extra_env={})
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def test_the_registry_less_stack_uses_only_images_built_here(local_stack: dict[str, Any]) -> None:
+    """deploy/docker-compose.local.yaml runs where nothing can be pulled: every image is one
+    `make image` builds (deploy/docker/build.sh names them), and nothing needs MinIO's keys."""
+    build = (DOCKER_DIR / "build.sh").read_text()
+    services = local_stack["services"]
+    assert set(services) == {*FORGE, INIT, "prometheus"}
+    for name, service in services.items():
+        image = service["image"]
+        if name == "prometheus":
+            assert image == "forge-prometheus:0.1.0" and 'prometheus_image="forge-prometheus:' in build
+        else:
+            assert image == "forge-mesh:0.1.0-cpu" and '-cpu"' in build, name
+        assert "build" not in service, name
+
+
+def test_the_registry_less_stack_publishes_only_the_public_ports_on_loopback(
+    local_stack: dict[str, Any],
+) -> None:
+    services = local_stack["services"]
+    published = {name: [_published(p) for p in s.get("ports", [])] for name, s in services.items()}
+    assert {name for name, ports in published.items() if ports} == {"router", "gateway", "prometheus"}
+    for name in ("router", "gateway", "prometheus"):
+        assert all(host == "127.0.0.1" for host, *_ in published[name]), (name, published[name])
+
+
+def test_the_registry_less_stack_runs_forge_non_root_on_a_read_only_root(local_stack: dict[str, Any]) -> None:
+    services = local_stack["services"]
+    for name in FORGE:
+        service = services[name]
+        assert service["user"] == "10001:10001" and service["read_only"] is True, name
+        assert "/tmp" in service["tmpfs"], name
+        assert service["depends_on"][INIT]["condition"] == "service_completed_successfully", name
+        assert service["healthcheck"]["test"][:2] == ["CMD", "forge-healthcheck"], name
+    # The router keeps Milvus Lite's file on a volume forge-init hands to uid 10001.
+    router_env = services["router"]["environment"]
+    lite = router_env["FORGE_ROUTER_MILVUS_URI"]
+    assert lite.endswith(".db")
+    assert any(v.split(":")[1] == str(Path(lite).parent) for v in services["router"]["volumes"] if ":" in v)
+    assert (
+        str(Path(lite).parent)
+        in services[INIT]["command"][0].split("chown -R 10001:10001")[1].splitlines()[0]
+    )
+    assert services["prometheus"]["healthcheck"]["test"][0] == "CMD"

