@@ -119,13 +119,17 @@ def test_the_image_exposes_every_port() -> None:
 
 def test_the_image_carries_every_package_of_the_wheel() -> None:
     """install.sh installs the project from /src: each package the wheel ships (pyproject) is
-    copied there in every stage that runs it (forge_client: the CLI's ingest and ask use it)."""
+    copied there in every stage that runs it whole, and mounted there in every step that installs
+    Forge on its own (the cpu target) (forge_client: the CLI's ingest and ask use it)."""
     with (REPO / "pyproject.toml").open("rb") as f:
         packages = tomllib.load(f)["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
     copies = re.findall(r"^COPY (?!--from)(\S+) /src/(\S+)$", dockerfile, re.MULTILINE)
+    mounts = re.findall(r"--mount=type=bind,source=([^\s,]+),target=/src/([^\s,]+)", dockerfile)
     stages_that_copy_sources = dockerfile.count("COPY pyproject.toml README.md /src/")
-    assert stages_that_copy_sources >= 2
+    steps_that_mount_sources = dockerfile.count("FORGE_INSTALL_PHASE=forge")
+    assert stages_that_copy_sources >= 1 and steps_that_mount_sources >= 1
     for package in packages:
         top = package.split("/")[0]
         assert copies.count((top, top)) == stages_that_copy_sources, package
+        assert mounts.count((top, top)) == steps_that_mount_sources, package
