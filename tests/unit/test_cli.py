@@ -25,7 +25,7 @@ def test_plan_shows_the_profiles_model_against_the_llm_slice() -> None:
     assert "10 sessions x 4096 tokens x 56 KiB" in out
     assert "6.55 GiB  of the llm slice's 20.40 GiB: fits" in out
     code, out = run("plan", "--sku", "cpu")
-    assert "SmolLM2-135M-Instruct" in out and "of CPU memory" in out
+    assert "Qwen2.5-Coder-0.5B-Instruct (q4_k_m, llama_cpp" in out and "of CPU memory" in out
 
 
 def test_plan_defaults_to_the_selected_profile() -> None:

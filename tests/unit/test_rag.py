@@ -35,6 +35,7 @@ from services.router.ports import (
     Sampling,
     Stage,
 )
+from services.router.prompt import GROUNDED_INSTRUCTION, SENTENCE_INSTRUCTION
 from services.router.rag import ChatOrchestrator
 from services.router.retrieval import Retriever
 from services.router.search import Searcher
@@ -391,3 +392,16 @@ def test_the_output_rail_may_keep_a_source_document_id_the_answer_repeats() -> N
     chunk = hit("chiller_runbook.md", 0.9, "Oil filter PN 7741-B.")
     grounding = grounding_for([Message("user", "Which filter?")], [chunk])
     assert "chiller_runbook.md" in grounding[0].text and "7741-B" in grounding[0].text
+
+
+async def test_the_grounded_instruction_is_the_model_familys_unless_the_operator_sets_one() -> None:
+    store = FakeIndex([hit("pump", 0.9, "Seal kit 7741-B.")])
+    qwen = FakeLlm(model="qwen2.5-coder-0.5b-instruct-q4_k_m")
+    await run(orchestrator(store=store, llm=qwen))
+    assert qwen.prompts[0][0].content.startswith(SENTENCE_INSTRUCTION)
+    smollm = FakeLlm(model="smollm2-135m-instruct")
+    await run(orchestrator(store=store, llm=smollm))
+    assert smollm.prompts[0][0].content.startswith(GROUNDED_INSTRUCTION)
+    operator = FakeLlm(model="qwen2.5-coder-0.5b-instruct-q4_k_m")
+    await run(orchestrator(store=store, llm=operator, system_prompt="Answer in French."))
+    assert operator.prompts[0][0].content.startswith("Answer in French.\n\nSources:")
