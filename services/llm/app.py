@@ -15,7 +15,7 @@ from services.common.config import SkuProfile
 from services.llm import packaged_models
 from services.llm.core import LlmCore
 from services.llm.engine import LlmEngine
-from services.llm.prepare import default_model_dir, is_prepared, prepare_model
+from services.llm.prepare import SOURCE_MODEL, default_model_dir, is_prepared, prepare_model
 from services.llm.servicer import LlmServicer
 from services.llm.settings import LlmSettings
 
@@ -68,7 +68,7 @@ class LlmApp:
         if self.settings.model_path is not None:
             return self.settings.model_path
         wanted = self.settings.model
-        if wanted is not None and packaged_models.lookup(wanted).name != "smollm2-135m":
+        if wanted is not None and packaged_models.lookup(wanted).name != SOURCE_MODEL:
             raise packaged_models.ModelUnavailable(
                 f"FORGE_LLM_MODEL={wanted} runs on the llama_cpp engine (FORGE_LLM_ENGINE=llama_cpp); "
                 "vLLM serves a model folder (FORGE_LLM_MODEL_PATH) or the prepared smollm2-135m"

@@ -107,6 +107,12 @@ def _package_dir(package: str, model: PackagedModel) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def check_installed(model: PackagedModel) -> None:
+    """Raises ModelUnavailable (naming the pip line) unless every package of the model is installed."""
+    for package in model.packages:
+        _package_dir(package, model)
+
+
 def _chunk_paths(model: PackagedModel) -> list[Path]:
     paths = []
     for package in model.packages:
