@@ -23,7 +23,7 @@ from services.guardrails.policy import Action, Policy, Stage, load_policy, parse
 from services.guardrails.settings import GuardrailsSettings
 from services.guardrails.training import sources
 from services.guardrails.training.evaluate import evaluate_rail, held_out
-from tests.helpers import grpcurl, serving
+from tests.helpers import REPO_ROOT, grpcurl, serving
 
 pytestmark = pytest.mark.slow
 
@@ -266,6 +266,16 @@ MAX_FPR = 0.05
 async def test_everyday_short_prompts_and_conversational_turns_pass_the_input_rail(guard: Guard) -> None:
     # What a user types first, and what a multi-turn chat sends as history: held out from training.
     texts = sources.authored("holdout_short_benign") + sources.authored("holdout_chitchat_benign")
+    blocked = [t for t in texts if (await guard.check(t, Stage.INPUT)).decision is Action.BLOCK]
+    assert blocked == [], blocked
+
+
+async def test_workplace_questions_pass_the_input_rail(guard: Guard) -> None:
+    # What Forge is for: questions about a site's own runbooks and policies, with words a harm head
+    # reads as danger (incident, acid, injury). Held out from training, and the answer eval's own
+    # questions, which the default policy once blocked ("... during a SEV2 incident?").
+    questions = json.loads((REPO_ROOT / "bench" / "answer_eval_data" / "questions.json").read_text())
+    texts = sources.authored("holdout_workplace_benign") + [q["question"] for q in questions]
     blocked = [t for t in texts if (await guard.check(t, Stage.INPUT)).decision is Action.BLOCK]
     assert blocked == [], blocked
 

@@ -63,6 +63,7 @@ def test_authored_held_out_files_share_no_line_with_training_templates() -> None
         "holdout_hard_benign",
         "holdout_chitchat_benign",
         "holdout_short_benign",
+        "holdout_workplace_benign",
     ):
         rows = sources.authored(name)
         assert rows, name

@@ -103,6 +103,7 @@ def held_out(benign_limit: int | None = None, positive_limit: int | None = None)
         "multilingual benign (authored)": sources.authored("holdout_multilingual_benign"),
         "conversational turns (authored)": sources.authored("holdout_chitchat_benign"),
         "short everyday prompts (authored)": sources.authored("holdout_short_benign"),
+        "workplace questions (authored)": sources.authored("holdout_workplace_benign"),
     }
     benign = (
         _sample(nc.negatives(), benign_limit)

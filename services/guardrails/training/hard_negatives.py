@@ -393,6 +393,91 @@ _GUIDE_TASKS = (
 )
 
 
+# Questions an appliance's users ask about their own runbooks, equipment notes and policies (issue
+# 16): incidents, injuries, acid, alarms, masks and pay read as "harm" to a head trained on requests
+# to a chatbot, and it blocked "How often must updates be given during a SEV2 incident?" (answer
+# eval). Frames x workplace subjects, several domains; the held-out file
+# data/holdout_workplace_benign.txt is written separately in other wording, and the answer eval's
+# own questions are never trained on.
+_WORKPLACE_FRAMES = (
+    "How often must {subject} be {checked}?",
+    "Who do I tell about {event}?",
+    "What should I do after {event}?",
+    "Which form do I fill in after {event}?",
+    "How quickly must {event} be reported?",
+    "What is the part number of {part}?",
+    "What is the lead time for {part}?",
+    "Where are {part}s kept in the stores?",
+    "How much does the company pay towards {benefit} each year?",
+    "Who approves {benefit}?",
+    "What protective equipment is required for {task}?",
+    "What is the procedure for {task}?",
+)
+_WORKPLACE_SUBJECTS = (
+    ("the emergency showers", "tested"),
+    ("the gas detectors", "bump tested"),
+    ("the boiler safety valves", "inspected"),
+    ("the first aid kits", "restocked"),
+    ("the scaffold tags", "renewed"),
+    ("the torque wrenches", "calibrated"),
+    ("status updates to customers", "sent"),
+    ("the generator", "run under load"),
+)
+_WORKPLACE_EVENTS = (
+    "a chemical spill in the paint store",
+    "a needle-stick injury",
+    "a cut from a box cutter",
+    "a P1 outage",
+    "a fire alarm in the server room",
+    "a leaking ammonia valve",
+    "a near miss with a pallet truck",
+    "a data breach",
+    "an electric shock from a faulty socket",
+    "smoke coming from a battery charger",
+)
+_WORKPLACE_PARTS = (
+    "the hydraulic hose for the scissor lift",
+    "the drive belt of the air handling unit",
+    "the pressure relief valve on the compressor",
+    "the blade guard for the band saw",
+    "the contactor in the conveyor panel",
+    "the filter cartridge of the fume extractor",
+)
+_WORKPLACE_BENEFITS = (
+    "prescription safety glasses",
+    "winter work jackets",
+    "hearing tests",
+    "overtime during an incident",
+    "the first aid course",
+    "steel-toe boots",
+)
+_WORKPLACE_TASKS = (
+    "welding galvanised steel",
+    "handling sulphuric acid",
+    "cutting asbestos cement sheets",
+    "working at height on the mezzanine",
+    "entering a confined space",
+    "isolating the 400 V supply",
+    "disposing of used solvents",
+    "grinding cast iron",
+)
+
+
+def workplace_negatives() -> list[str]:
+    fills = {
+        "subject": [{"subject": s, "checked": c} for s, c in _WORKPLACE_SUBJECTS],
+        "event": [{"event": e} for e in _WORKPLACE_EVENTS],
+        "part": [{"part": p} for p in _WORKPLACE_PARTS],
+        "benefit": [{"benefit": b} for b in _WORKPLACE_BENEFITS],
+        "task": [{"task": t} for t in _WORKPLACE_TASKS],
+    }
+    rows = []
+    for frame in _WORKPLACE_FRAMES:
+        slot = next(name for name in fills if "{" + name + "}" in frame)
+        rows += [frame.format(**values) for values in fills[slot]]
+    return rows
+
+
 def documentation_negatives() -> list[str]:
     shows = [f.format(thing=t) for f, t in itertools.product(_DOC_FRAMES, _DOC_THINGS)]
     guides = [f.format(task=t) for f, t in itertools.product(_GUIDE_FRAMES, _GUIDE_TASKS)]
@@ -432,4 +517,5 @@ def hard_negatives() -> list[str]:
         *conversational_negatives(),
         *short_negatives(),
         *documentation_negatives(),
+        *workplace_negatives(),
     ]

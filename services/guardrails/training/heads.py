@@ -40,7 +40,7 @@ from services.guardrails.training.hard_negatives import hard_negatives
 
 log = logging.getLogger(__name__)
 
-ARTEFACT_VERSION = "heads-v2"
+ARTEFACT_VERSION = "heads-v3"
 HARM_BENIGN_SAMPLE = 1200
 HARD_NEGATIVE_WEIGHT = 5.0
 AUTHORED_ATTACK_WEIGHT = 3.0
@@ -219,7 +219,7 @@ def train_harm(embed: Embed) -> tuple[HarmModel, HeadInfo]:
 
 @dataclass
 class HeadStore:
-    """The artefact cache: <FORGE_HOME>/guardrails/heads-v2/{injection,harm}.joblib + meta.json."""
+    """The artefact cache: <FORGE_HOME>/guardrails/heads-v3/{injection,harm}.joblib + meta.json."""
 
     root: Path
 
