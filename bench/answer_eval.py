@@ -13,13 +13,15 @@ Scored by rules, not by a model (the pure functions below, tests/unit/test_answe
   it does not know / the documents do not say (ABSTAIN_PATTERNS). A "fact" question answered with
   such a phrase and without the fact is a wrong abstention.
 - citation: for a "fact" question, the citations the answer marked as used (`Citation.cited`, when
-  the SDK has it), else the top citation; precision = those naming the question's source document
+  the SDK has it), else those the router found the answer's figures in (`Citation.matched`), else
+  the top citation; precision = those naming the question's source document
   over all of them (document ids are the file names `ingest_paths` gives).
-Also per candidate: single-stream tokens/s (the completion tokens after the first delta over the
-time from the first delta to the end of the stream, summed over the answers released in more than
-one delta; the output rail releases an answer a sentence at a time, so the first delta's tokens,
-counted with the LLM's Tokenize, are left out), TTFT p50 (chat call to the first delta: retrieval,
-prefill and the first sentence's generation and check, what the user waits for) and the
+Also per candidate: single-stream decode tokens/s, asked of the LLM service itself after the
+questions (one greedy Generate of DECODE_PROBE_TOKENS tokens: the tokens after the first chunk over
+the time from the first chunk to the last; the router's stream cannot show it, as the output rail
+releases an answer a sentence at a time and the last sentences leave together), TTFT p50 (chat
+call to the first delta: retrieval, prefill and the first sentence's generation and check, what the
+user waits for) and the
 LLM service's memory (RSS summed over its process tree: after it is ready, and the peak sampled
 during the run; shared pages of a process tree count once per process).
 
@@ -48,7 +50,7 @@ from typing import Any
 
 import psutil
 from _mesh import DEFAULT_HOME, REPO_ROOT, Mesh, Service, install_stop_signals, percentile, process_tree
-from forge.v1 import llm_pb2, llm_pb2_grpc
+from forge.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 from forge_client import AsyncClient, Citation, ForgeError
 from services.llm import packaged_models
@@ -129,8 +131,13 @@ def document_name(document_id: str) -> str:
 
 def counted_citations(citations: Sequence[Citation]) -> list[str]:
     """The documents the answer is credited with: those it marked as used when the SDK reports
-    that (`cited`), else the top citation (highest score first), else none."""
-    used = [c for c in citations if getattr(c, "cited", False)] or list(citations[:1])
+    that (`cited`), else those the router found its figures in (`matched`), else the top citation
+    (highest score first), else none."""
+    used = (
+        [c for c in citations if getattr(c, "cited", False)]
+        or [c for c in citations if getattr(c, "matched", False)]
+        or list(citations[:1])
+    )
     return [document_name(c.document_id) for c in used]
 
 
@@ -249,6 +256,7 @@ class Report:
     ingest_s: float = 0.0
     loaded_rss_mib: float = float("nan")
     peak_rss_mib: float = float("nan")
+    decode_tokens_per_s: float = float("nan")
     outcomes: list[Outcome] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -268,7 +276,9 @@ class Report:
             "citation_precision": _ratio(to_source, counted),
             "abstention_accuracy": _ratio(sum(1 for o in absts if o.grade and o.grade.right), len(absts)),
             "wrong_abstentions": float(sum(1 for g in graded if g.wrong_abstention)),
-            "tokens_per_s": _ratio(decoded, gen_s),
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            # Through the router: bursty (the rail releases whole sentences), so not the table's figure.
+            "released_tokens_per_s": _ratio(decoded, gen_s),
             "streamed_answers": float(len(timed)),
             "mean_completion_tokens": _ratio(
                 sum(o.completion_tokens for o in self.outcomes), len(self.outcomes)
@@ -323,6 +333,31 @@ async def model_info(mesh: Mesh, llm: Service) -> llm_pb2.GetModelInfoResponse:
         return await llm_pb2_grpc.LlmServiceStub(channel).GetModelInfo(
             llm_pb2.GetModelInfoRequest(), timeout=10
         )
+
+
+DECODE_PROBE_TOKENS = 128
+DECODE_PROBE = "Write the numbers from one to two hundred in words, separated by commas."
+
+
+async def decode_tokens_per_s(mesh: Mesh, llm: Service) -> float:
+    """Single-stream decode rate: one greedy Generate that runs to DECODE_PROBE_TOKENS, timed
+    from its first chunk (prefill excluded) to its last."""
+    async with mesh.dialer.channel(llm.address, "llm") as channel:
+        stub = llm_pb2_grpc.LlmServiceStub(channel)
+        request = llm_pb2.GenerateRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=DECODE_PROBE)],
+            params=common_pb2.SamplingParams(max_tokens=DECODE_PROBE_TOKENS, temperature=0.0),
+        )
+        first = last = None
+        tokens = 0
+        async for reply in stub.Generate(request, timeout=600):
+            last = time.perf_counter()
+            first = first or last
+            if reply.HasField("usage"):
+                tokens = reply.usage.completion_tokens
+    if first is None or last is None or last <= first or tokens < 2:
+        return float("nan")
+    return (tokens - 1) / (last - first)
 
 
 async def count_first_deltas(mesh: Mesh, llm: Service, outcomes: Sequence[Outcome]) -> None:
@@ -420,6 +455,7 @@ async def run_candidate(
                 await rss.stop()
                 report.peak_rss_mib = rss.peak / MIB
             await count_first_deltas(mesh, llm, report.outcomes)
+            report.decode_tokens_per_s = await decode_tokens_per_s(mesh, llm)
     return report
 
 
@@ -437,8 +473,9 @@ def _num(x: float, fmt: str) -> str:
 
 def table(reports: Sequence[Report]) -> str:
     lines = [
-        "| candidate | model (engine) | fact rate | citation precision | abstention accuracy | "
-        "wrong abstentions | tokens/s | TTFT p50 | mean answer tokens | LLM RSS loaded / peak | notes |",
+        "| candidate | model (engine) | fact rate | citation precision | abstention accuracy "
+        "| wrong abstentions | decode tokens/s | TTFT p50 | mean answer tokens "
+        "| LLM RSS loaded / peak | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
@@ -456,7 +493,7 @@ def table(reports: Sequence[Report]) -> str:
         lines.append(
             f"| {r.candidate} | {r.model} ({r.engine}) | {_pct(m['fact_rate'])} of {facts} | "
             f"{_pct(m['citation_precision'])} | {_pct(m['abstention_accuracy'])} of {absts} | "
-            f"{int(m['wrong_abstentions'])} | {_num(m['tokens_per_s'], '.1f')} | "
+            f"{int(m['wrong_abstentions'])} | {_num(m['decode_tokens_per_s'], '.1f')} | "
             f"{_num(m['ttft_p50_s'] * 1000, '.0f')} ms | {_num(m['mean_completion_tokens'], '.0f')} | "
             f"{r.loaded_rss_mib:.0f} / {r.peak_rss_mib:.0f} MiB | {'; '.join(notes)} |"
         )

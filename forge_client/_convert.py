@@ -96,7 +96,7 @@ def verdict(v: router_pb2.Verdict) -> Verdict:
 def chat_summary(s: router_pb2.ChatSummary) -> ChatSummary:
     return ChatSummary(
         citations=tuple(
-            Citation(c.document_id, c.chunk_index, c.score, c.number, c.cited) for c in s.citations
+            Citation(c.document_id, c.chunk_index, c.score, c.number, c.cited, c.matched) for c in s.citations
         ),
         usage=Usage(s.usage.prompt_tokens, s.usage.completion_tokens),
         trace_id=s.trace_id,

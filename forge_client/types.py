@@ -42,13 +42,15 @@ class ChatDelta:
 @dataclass(frozen=True)
 class Citation:
     """A source the answer was given (highest score first): the chunk, its number in the prompt
-    (the answer refers to it as `[number]`) and whether the answer did."""
+    (the answer refers to it as `[number]`) and whether the answer did; `matched`: the answer
+    marked no source and this one holds its figures (the router's attribution)."""
 
     document_id: str
     chunk_index: int
     score: float
     number: int = 0
     cited: bool = False
+    matched: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,12 @@ class ChatSummary:
     def cited(self) -> tuple[Citation, ...]:
         """The sources the answer refers to by their [number]."""
         return tuple(c for c in self.citations if c.cited)
+
+    @property
+    def used(self) -> tuple[Citation, ...]:
+        """The sources the answer used: those it cites, or, where it cites none, those holding its
+        figures (`matched`)."""
+        return tuple(c for c in self.citations if c.cited or c.matched)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """How `forge ask` shows what came with an answer: the sources it was given (those its [n] markers
-cite marked), the model that wrote it, tokens and trace; or all of it as JSON (`--json`)."""
+cite marked, or where it has none, those holding its figures), the model that wrote it, tokens and
+trace; or all of it as JSON (`--json`)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,15 @@ def summary_lines(summary: ChatSummary) -> list[str]:
         )
     if summary.citations:
         cited = " ".join(f"[{c.number}]" for c in summary.cited)
-        lines.append(f"Sources (the answer cites {cited}):" if cited else "Sources (the answer cites none):")
+        matched = " ".join(f"[{c.number}]" for c in summary.citations if c.matched)
+        if cited:
+            lines.append(f"Sources (the answer cites {cited}):")
+        elif matched:
+            lines.append(f"Sources (the answer cites none; its figures are in {matched}):")
+        else:
+            lines.append("Sources (the answer cites none):")
         for n, c in enumerate(summary.citations, start=1):
-            mark = "  <- cited" if c.cited else ""
+            mark = "  <- cited" if c.cited else "  <- holds the answer's figures" if c.matched else ""
             where = f"part {c.chunk_index + 1}, score {c.score:.2f}"
             lines.append(f"[{c.number or n}] {c.document_id} ({where}){mark}")
     model = f"model {summary.model}; " if summary.model else ""

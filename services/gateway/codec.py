@@ -150,6 +150,7 @@ def forge_extra(summary: router_pb2.ChatSummary) -> dict[str, Any]:
                 "chunk_index": c.chunk_index,
                 "score": c.score,
                 "cited": c.cited,
+                "matched": c.matched,
             }
             for c in summary.citations
         ],

@@ -140,6 +140,7 @@ class Citation:
     score: float
     number: int = 0  # the source's [number] in the prompt
     cited: bool = False  # the answer carries its [number] marker
+    matched: bool = False  # the answer has no markers; this source holds its figures (prompt.py)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The prompt a grounded answer is generated from: an instruction to answer only from numbered
 sources and to say when they do not hold the answer, the sources themselves ([1], [2], ... with the
 document each came from), and the conversation. Where the sources go depends on the model family
-(`PromptStyle`); which sources the answer used is read back from its [n] markers (`cited_numbers`).
+(`PromptStyle`); which sources the answer used is read back from its [n] markers (`cited_numbers`),
+or, when it wrote none, from the figures it repeats (`sources_holding_figures`).
 """
 
 from __future__ import annotations
@@ -118,3 +119,28 @@ def cited_numbers(answer: str, sources: int) -> frozenset[int]:
             else:
                 found.update(ends)
     return frozenset(n for n in found if 1 <= n <= sources)
+
+
+# A figure: a token with a digit in it ("50051", "5520-A", "10.20.0.5", "B24-07", "4.5"), as the
+# answer and the sources write them; trailing sentence punctuation is not part of it.
+_FIGURE = re.compile(r"[A-Za-z]*\d[\w./:-]*")
+
+
+def _figures(text: str) -> set[str]:
+    return {f.rstrip(".:/-") for f in _FIGURE.findall(text)} - {""}
+
+
+def _holds(text: str, figure: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(figure)}(?![\w]|\.\d)", text) is not None
+
+
+def sources_holding_figures(answer: str, question: str, sources: Sequence[str]) -> frozenset[int]:
+    """For an answer without [n] markers: the number (1..) of the source that holds the most of
+    its figures, leaving out those the question already named (they are in every source that
+    matched it); of sources holding as many, the best ranked (a bare "5" is in many). None when
+    the answer states no such figure: words alone are not attributed."""
+    figures = _figures(answer) - _figures(question)
+    held = [sum(_holds(text, f) for f in figures) for text in sources]
+    if not figures or not any(held):
+        return frozenset()
+    return frozenset({held.index(max(held)) + 1})

@@ -37,7 +37,13 @@ from services.router.ports import (
     RailVerdict,
     Stage,
 )
-from services.router.prompt import assemble, cited_numbers, context_entry, style_for
+from services.router.prompt import (
+    assemble,
+    cited_numbers,
+    context_entry,
+    sources_holding_figures,
+    style_for,
+)
 from services.router.retrieval import Retriever
 from services.router.settings import RouterSettings
 from services.router.stages import Degradation, Rails, StageRunner, blocked, verdict_for_caller
@@ -225,7 +231,7 @@ class ChatOrchestrator:
                 if isinstance(event, ChatEnd):
                     event = replace(
                         event,
-                        citations=_citations(kept, "".join(released)),
+                        citations=_citations(kept, "".join(released), question),
                         degraded=bool(degradation),
                         degraded_reasons=degradation.reasons,
                         model=prompt.model,
@@ -323,11 +329,13 @@ class FittedPrompt:
     model: str  # the served model's name, for the summary
 
 
-def _citations(sources: Sequence[ContextChunk], answer: str) -> tuple[Citation, ...]:
-    """Every source the prompt held, by its number, marked cited when the answer refers to it."""
+def _citations(sources: Sequence[ContextChunk], answer: str, question: str) -> tuple[Citation, ...]:
+    """Every source the prompt held, by its number, marked cited when the answer refers to it;
+    when the answer refers to none, marked matched where it holds the answer's figures."""
     cited = cited_numbers(answer, len(sources))
+    matched = frozenset() if cited else sources_holding_figures(answer, question, [c.text for c in sources])
     return tuple(
-        Citation(c.document_id, c.chunk_index, c.score, number=n, cited=n in cited)
+        Citation(c.document_id, c.chunk_index, c.score, number=n, cited=n in cited, matched=n in matched)
         for n, c in enumerate(sources, start=1)
     )
 
@@ -336,6 +344,7 @@ def _end_attributes(end: ChatEnd) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {
         "forge.chunks_cited": len(end.citations),
         "forge.sources_cited": sum(c.cited for c in end.citations),
+        "forge.sources_matched": sum(c.matched for c in end.citations),
         "forge.prompt_tokens": end.prompt_tokens,
         "forge.completion_tokens": end.completion_tokens,
         "forge.finish_reason": end.finish_reason.value,

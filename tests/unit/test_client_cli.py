@@ -30,6 +30,21 @@ def test_the_sources_are_listed_by_number_with_the_cited_ones_marked() -> None:
     ]
 
 
+def test_an_answer_without_markers_shows_where_its_figures_are() -> None:
+    matched = ChatSummary(
+        (Citation("a.md", 0, 0.5, number=1), Citation("b.md", 4, 0.4, number=2, matched=True)),
+        Usage(5, 7),
+        "",
+    )
+    lines = answer_view.summary_lines(matched)
+    assert lines[:3] == [
+        "Sources (the answer cites none; its figures are in [2]):",
+        "[1] a.md (part 1, score 0.50)",
+        "[2] b.md (part 5, score 0.40)  <- holds the answer's figures",
+    ]
+    assert [c.document_id for c in matched.used] == ["b.md"]
+
+
 def test_an_answer_citing_nothing_blocked_or_degraded_says_so() -> None:
     uncited = ChatSummary((Citation("a.md", 0, 0.5, number=1),), Usage(5, 7), "")
     assert answer_view.summary_lines(uncited)[0] == "Sources (the answer cites none):"
@@ -55,6 +70,7 @@ def test_json_holds_the_answer_and_every_summary_field() -> None:
         "score": pytest.approx(0.91),
         "number": 1,
         "cited": True,
+        "matched": False,
     }
     assert summary["usage"] == {"prompt_tokens": 812, "completion_tokens": 40}
     assert summary["trace_id"] == "t" * 32 and summary["verdict"] is None

@@ -109,7 +109,7 @@ def test_completion_has_openai_fields_and_forge_extras() -> None:
     assert answer["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     forge = answer["forge"]
     assert forge["citations"] == [
-        {"number": 1, "document_id": "a.md", "chunk_index": 2, "score": 0.5, "cited": True}
+        {"number": 1, "document_id": "a.md", "chunk_index": 2, "score": 0.5, "cited": True, "matched": False}
     ]
     assert forge["model"] == "smollm2-135m-instruct"
     assert forge["degraded"] is True and forge["degraded_reasons"] == ["retrieval"]

@@ -1,5 +1,5 @@
 """The grounded prompt: numbered sources, where they go for each model family, and which sources
-an answer's [n] markers cite."""
+an answer's [n] markers cite (or, without markers, which sources hold its figures)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from services.router.prompt import (
     assemble,
     cited_numbers,
     context_entry,
+    sources_holding_figures,
     style_for,
 )
 
@@ -70,3 +71,21 @@ def test_what_is_not_a_marker_for_a_given_source_is_ignored() -> None:
     assert cited_numbers("Source [7] does not exist, [0] neither.", 3) == set()
     assert cited_numbers("Built in [2024] with [PN 12].", 3) == set(), "four digits or words are not markers"
     assert cited_numbers("[2-9]", 3) == {2, 3}
+
+
+def test_an_answer_without_markers_is_attributed_by_its_figures() -> None:
+    texts = [c.text for c in CHUNKS]
+    assert sources_holding_figures("The seal kit is PN 7741-B.", "Which seal kit?", texts) == {1}
+    assert sources_holding_figures("Call ext. 4412 after 15 minutes.", "Who do I call?", texts) == {2}
+    # The source holding more of the figures wins, however it ranked; a tie goes to the better ranked.
+    assert sources_holding_figures("PN 7741-B, then ext. 4412 within 2000 hours.", "?", texts) == {1}
+    assert sources_holding_figures("Ext. 4412 after 15 minutes, PN 7741-B.", "?", texts) == {2}
+    assert sources_holding_figures("7741-B or 4412.", "?", texts) == {1}
+
+
+def test_figures_the_question_named_or_only_part_of_a_number_do_not_attribute() -> None:
+    texts = [c.text for c in CHUNKS]
+    assert sources_holding_figures("The documents do not say.", "Which kit?", texts) == set()
+    assert sources_holding_figures("It is PN 7741-B.", "Is the kit PN 7741-B?", texts) == set()
+    assert sources_holding_figures("Port 441 or 774.", "?", texts) == set(), "no match inside 4412 / 7741-B"
+    assert sources_holding_figures("Every 2000 hours.", "?", []) == set()

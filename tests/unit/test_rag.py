@@ -370,6 +370,25 @@ async def test_citations_are_numbered_as_in_the_prompt_and_marked_when_the_answe
     assert prompt[-1].content.endswith("Question: Where is it?")
 
 
+async def test_an_answer_without_markers_is_attributed_to_the_source_holding_its_figures() -> None:
+    # Qwen2.5-0.5B, the cpu default, writes no [n] markers: the router says where its figures are.
+    store = FakeIndex(
+        [
+            hit("fern.md", 0.9, "Water the orchids every 7 days."),
+            hit("pump.md", 0.8, "Seal kit PN 7741-B, lead time 3 weeks."),
+        ]
+    )
+    llm = FakeLlm(["The seal kit is PN 7741-B and takes 3 weeks."])
+    _, end = await run(orchestrator(store=store, llm=llm))
+    assert [(c.document_id, c.cited, c.matched) for c in end.citations] == [
+        ("fern.md", False, False),
+        ("pump.md", False, True),
+    ]
+    # An answer with no figures (an abstention) is attributed to nothing.
+    _, end = await run(orchestrator(store=store, llm=FakeLlm(["The documents do not say."])))
+    assert not any(c.cited or c.matched for c in end.citations)
+
+
 async def test_a_chat_without_retrieval_gets_the_plain_instruction_and_no_sources() -> None:
     store = FakeIndex([hit("pump.md", 0.9, "Seal kit PN 7741-B.")])
     llm = FakeLlm()

@@ -96,6 +96,7 @@ class Citation(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     NUMBER_FIELD_NUMBER: _builtins.int
     CITED_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     chunk_index: _builtins.int
     score: _builtins.float
@@ -103,6 +104,12 @@ class Citation(_message.Message):
     """The source's number in the prompt: the answer refers to it as [number]."""
     cited: _builtins.bool
     """The answer carries an [number] marker for this source."""
+    matched: _builtins.bool
+    """The answer carries no [n] marker at all (small models write none), and this source holds
+    the most of the answer's figures (numbers, part numbers, addresses) that the question did
+    not already name (of sources holding as many, the best ranked): the router's attribution,
+    not the model's. At most one source is matched.
+    """
     def __init__(
         self,
         *,
@@ -111,10 +118,11 @@ class Citation(_message.Message):
         score: _builtins.float = ...,
         number: _builtins.int = ...,
         cited: _builtins.bool = ...,
+        matched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "cited", b"cited", "document_id", b"document_id", "number", b"number", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "cited", b"cited", "document_id", b"document_id", "matched", b"matched", "number", b"number", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

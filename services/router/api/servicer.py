@@ -93,6 +93,7 @@ def _summary(end: ChatEnd, trace_id: str) -> router_pb2.ChatSummary:
                 score=c.score,
                 number=c.number,
                 cited=c.cited,
+                matched=c.matched,
             )
             for c in end.citations
         ],
