@@ -607,6 +607,7 @@ def up(
     # Milvus server, then Redis (also on Ctrl-C while they start, and when one cannot start).
     with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as shared_stack:
         specs = mesh_specs(profile, host, port_offset, dialers, replicas)
+        _exit_if_ports_taken(specs, host, int(env["FORGE_GATEWAY_HTTP_PORT"]))
         shared = None
         if routers > 1:
             mesh_ports = {p for s in specs for p in (s.port, s.metrics_port)} | {http_port}
@@ -669,6 +670,22 @@ def up(
         asyncio.run(main())
     console.close()
     click.echo("Forge stopped.")
+
+
+def _exit_if_ports_taken(specs: list[ChildSpec], host: str, http_port: int) -> None:
+    """A service whose port is taken exits at start and would be restarted for ever: say which
+    ports are held instead, before anything starts."""
+    from services.cli.ports import taken
+
+    wanted = [(f"{s.service} grpc", s.port) for s in specs]
+    wanted += [(f"{s.service} metrics", s.metrics_port) for s in specs if s.metrics_port > 0]
+    if http_port > 0:
+        wanted.append(("openai api http", http_port))
+    if held := taken(host, wanted):
+        raise click.ClickException(
+            f"already in use: {', '.join(held)} (another mesh, or another program): stop it, or "
+            "start this mesh on other ports with --port-offset N"
+        )
 
 
 def mesh_specs(

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.ports import port_free
 from services.cli.supervisor import die_with_parent
 
 
@@ -39,17 +40,6 @@ def redis_server_binary() -> Path:
         f"no redis-server at {', '.join(map(str, candidates))}: run `python tools/install_redis.py` "
         "(the Makefile does) or set FORGE_REDIS_SERVER"
     )
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        # As Redis binds: a port with connections in TIME_WAIT is free, a listening one is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
@@ -97,7 +87,7 @@ def start_redis(
     it in its turn), and stopped (SIGTERM) if the starter dies; call it from the thread that lives
     as long as the server (Linux signals it when the thread that started it ends)."""
     binary = redis_server_binary()
-    if not _port_free(host, port):
+    if not port_free(host, port):
         # Another server there would answer our PINGs while ours exits: say so instead.
         raise RedisUnavailable(f"{host}:{port} is already taken (another Redis?)")
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from forge.v1 import router_pb2, router_pb2_grpc
 from grpc import StatusCode, aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli.ports import port_free
 from services.common.channels import Dialer
 from services.common.settings import DEFAULT_GRPC_PORTS, DEFAULT_HTTP_PORTS, DEFAULT_METRICS_PORTS
 from tests.helpers import REPO_ROOT, admin_key, bearer, mesh_dialer
@@ -44,18 +44,9 @@ def free_port_offset() -> int:
     """An offset that puts all of the mesh's ports (gRPC, metrics, the gateway's HTTP) on free ports."""
     ports = [*DEFAULT_GRPC_PORTS.values(), *DEFAULT_METRICS_PORTS.values(), *DEFAULT_HTTP_PORTS.values()]
     for offset in range(1000, 9000, 37):
-        if all(_port_free(p + offset) for p in ports):
+        if all(port_free("127.0.0.1", p + offset) for p in ports):
             return offset
     raise RuntimeError("no port offset with all the mesh's ports free")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from services.cli.supervisor import wait_serving
 from services.common.gpu import read_gpu_snapshot
 from services.common.security.settings import admin_key_path
 from services.common.settings import DEFAULT_GRPC_PORTS
-from tests.helpers import REPO_ROOT, Completed, bearer, forge_test_home, free_port, mesh_dialer
+from tests.chaos.mesh import free_port_offset
+from tests.helpers import REPO_ROOT, Completed, bearer, forge_test_home, mesh_dialer
 
 
 def pid_alive(pid: int) -> bool:
@@ -49,8 +51,7 @@ def mesh_env_without(*names: str) -> dict[str, str]:
 async def start_mesh(
     env: dict[str, str], stderr: IO[bytes] | int = asyncio.subprocess.DEVNULL
 ) -> tuple[asyncio.subprocess.Process, int]:
-    # An offset that lands the embed port on a currently free port, away from a mesh already running.
-    offset = free_port() - DEFAULT_GRPC_PORTS["embed"]
+    offset = free_port_offset()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,16 +69,23 @@ async def start_mesh(
     return proc, offset
 
 
-async def stop_mesh(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        # The services run in their own sessions (Ctrl-C reaches only the supervisor), so a
-        # failed test must stop them too, not just the supervisor.
-        family = psutil.Process(proc.pid).children(recursive=True)
+async def stop_mesh(proc: asyncio.subprocess.Process, grace_s: float = 60) -> None:
+    """Ctrl-C, as a user stops it: the router closes its Milvus Lite file cleanly for the next
+    mesh on the same home. A mesh that does not stop within `grace_s` is killed, services too."""
+    if proc.returncode is not None:
+        return
+    # The services run in their own sessions (Ctrl-C reaches only the supervisor), so a
+    # mesh that would not stop must be killed service by service, not just the supervisor.
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
         proc.kill()
         await proc.wait()
-        for member in family:
-            if member.is_running():
-                member.kill()
+    for member in family:
+        if member.is_running():
+            member.kill()
 
 
 @pytest.fixture
@@ -89,13 +97,28 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process
     stderr.close()
 
 
+def mesh_logs_tail(lines_per_log: int = 15) -> str:
+    """The end of each log `forge up` writes under the test home: what a failed start says."""
+    logs = sorted((forge_test_home() / "logs").glob("*.log"))
+    tails = []
+    for log in logs:
+        text = log.read_text(errors="replace").splitlines()[-lines_per_log:]
+        tails.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(tails)
+
+
 async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout_s: float = 450) -> list[str]:
     assert proc.stdout is not None
     lines: list[str] = []
     while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout_s)).decode()
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), timeout_s)).decode()
+        except TimeoutError:
+            raise AssertionError(
+                f"no {needle!r} from forge up within {timeout_s:.0f} s: {lines}\n{mesh_logs_tail()}"
+            ) from None
         if not line:
-            raise AssertionError(f"forge up ended before {needle!r}: {lines}")
+            raise AssertionError(f"forge up ended before {needle!r}: {lines}\n{mesh_logs_tail()}")
         lines.append(line)
         if needle in line:
             return lines
@@ -160,6 +183,18 @@ async def service_pid(address: str, service: str) -> int:
         stub = ops_pb2_grpc.OpsServiceStub(channel)
         info = await stub.GetInfo(ops_pb2.GetInfoRequest(), metadata=metadata, timeout=10)
         return int(info.pid)
+
+
+async def test_forge_up_says_which_port_is_taken_instead_of_restarting_for_ever() -> None:
+    offset = free_port_offset()
+    router_port = DEFAULT_GRPC_PORTS["router"] + offset
+    with socket.socket() as holder:  # another program listening on the router's port
+        holder.bind(("127.0.0.1", router_port))
+        holder.listen()
+        result = await run_forge("up", "--port-offset", str(offset), timeout_s=120)
+    assert result.returncode != 0
+    assert f"router grpc 127.0.0.1:{router_port}" in result.stderr, result.stderr
+    assert "--port-offset" in result.stderr and "Forge is up" not in result.stdout
 
 
 # From cold (fresh clone) the mesh converts the model and trains the guardrail heads first.
