@@ -189,6 +189,7 @@ async def test_forge_up_says_which_port_is_taken_instead_of_restarting_for_ever(
     offset = free_port_offset()
     router_port = DEFAULT_GRPC_PORTS["router"] + offset
     with socket.socket() as holder:  # another program listening on the router's port
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT too
         holder.bind(("127.0.0.1", router_port))
         holder.listen()
         result = await run_forge("up", "--port-offset", str(offset), timeout_s=120)
