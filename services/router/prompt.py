@@ -2,7 +2,7 @@
 sources and to say when they do not hold the answer, the sources themselves ([1], [2], ... with the
 document each came from), and the conversation. Where the sources go depends on the model family
 (`PromptStyle`); which sources the answer used is read back from its [n] markers (`cited_numbers`),
-or, when it wrote none, from the figures it repeats (`sources_holding_figures`).
+or, when it wrote none, from the figures it repeats (`source_holding_figures`).
 """
 
 from __future__ import annotations
@@ -134,13 +134,13 @@ def _holds(text: str, figure: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(figure)}(?![\w]|\.\d)", text) is not None
 
 
-def sources_holding_figures(answer: str, question: str, sources: Sequence[str]) -> frozenset[int]:
+def source_holding_figures(answer: str, question: str, sources: Sequence[str]) -> int | None:
     """For an answer without [n] markers: the number (1..) of the source that holds the most of
     its figures, leaving out those the question already named (they are in every source that
     matched it); of sources holding as many, the best ranked (a bare "5" is in many). None when
-    the answer states no such figure: words alone are not attributed."""
+    no source holds one of its figures: words alone are not attributed."""
     figures = _figures(answer) - _figures(question)
     held = [sum(_holds(text, f) for f in figures) for text in sources]
-    if not figures or not any(held):
-        return frozenset()
-    return frozenset({held.index(max(held)) + 1})
+    if not any(held):
+        return None
+    return held.index(max(held)) + 1

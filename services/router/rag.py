@@ -41,7 +41,7 @@ from services.router.prompt import (
     assemble,
     cited_numbers,
     context_entry,
-    sources_holding_figures,
+    source_holding_figures,
     style_for,
 )
 from services.router.retrieval import Retriever
@@ -333,9 +333,9 @@ def _citations(sources: Sequence[ContextChunk], answer: str, question: str) -> t
     """Every source the prompt held, by its number, marked cited when the answer refers to it;
     when the answer refers to none, marked matched where it holds the answer's figures."""
     cited = cited_numbers(answer, len(sources))
-    matched = frozenset() if cited else sources_holding_figures(answer, question, [c.text for c in sources])
+    matched = None if cited else source_holding_figures(answer, question, [c.text for c in sources])
     return tuple(
-        Citation(c.document_id, c.chunk_index, c.score, number=n, cited=n in cited, matched=n in matched)
+        Citation(c.document_id, c.chunk_index, c.score, number=n, cited=n in cited, matched=n == matched)
         for n, c in enumerate(sources, start=1)
     )
 

@@ -11,7 +11,7 @@ from services.router.prompt import (
     assemble,
     cited_numbers,
     context_entry,
-    sources_holding_figures,
+    source_holding_figures,
     style_for,
 )
 
@@ -75,17 +75,17 @@ def test_what_is_not_a_marker_for_a_given_source_is_ignored() -> None:
 
 def test_an_answer_without_markers_is_attributed_by_its_figures() -> None:
     texts = [c.text for c in CHUNKS]
-    assert sources_holding_figures("The seal kit is PN 7741-B.", "Which seal kit?", texts) == {1}
-    assert sources_holding_figures("Call ext. 4412 after 15 minutes.", "Who do I call?", texts) == {2}
+    assert source_holding_figures("The seal kit is PN 7741-B.", "Which seal kit?", texts) == 1
+    assert source_holding_figures("Call ext. 4412 after 15 minutes.", "Who do I call?", texts) == 2
     # The source holding more of the figures wins, however it ranked; a tie goes to the better ranked.
-    assert sources_holding_figures("PN 7741-B, then ext. 4412 within 2000 hours.", "?", texts) == {1}
-    assert sources_holding_figures("Ext. 4412 after 15 minutes, PN 7741-B.", "?", texts) == {2}
-    assert sources_holding_figures("7741-B or 4412.", "?", texts) == {1}
+    assert source_holding_figures("PN 7741-B, then ext. 4412 within 2000 hours.", "?", texts) == 1
+    assert source_holding_figures("Ext. 4412 after 15 minutes, PN 7741-B.", "?", texts) == 2
+    assert source_holding_figures("7741-B or 4412.", "?", texts) == 1
 
 
 def test_figures_the_question_named_or_only_part_of_a_number_do_not_attribute() -> None:
     texts = [c.text for c in CHUNKS]
-    assert sources_holding_figures("The documents do not say.", "Which kit?", texts) == set()
-    assert sources_holding_figures("It is PN 7741-B.", "Is the kit PN 7741-B?", texts) == set()
-    assert sources_holding_figures("Port 441 or 774.", "?", texts) == set(), "no match inside 4412 / 7741-B"
-    assert sources_holding_figures("Every 2000 hours.", "?", []) == set()
+    assert source_holding_figures("The documents do not say.", "Which kit?", texts) is None
+    assert source_holding_figures("It is PN 7741-B.", "Is the kit PN 7741-B?", texts) is None
+    assert source_holding_figures("Port 441 or 774.", "?", texts) is None, "no match inside 4412 / 7741-B"
+    assert source_holding_figures("Every 2000 hours.", "?", []) is None
